@@ -1,0 +1,211 @@
+"""Command line: ``serve``, ``check``, ``hash-key`` and ``health``.
+
+This is the only module that wires objects together: it loads the policy, builds the
+gRPC and admin servers, and runs them until a signal asks it to stop.
+"""
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from sidecar import __version__
+from sidecar.admin.app import build_admin_app
+from sidecar.core.identity import key_digest
+from sidecar.core.router import ActivePolicy
+from sidecar.extproc.grpc_server import GrpcServer
+from sidecar.extproc.server import ExternalProcessorService, StreamRegistry
+from sidecar.logs import configure_logging
+from sidecar.policy.envoy_check import check_envoy_config
+from sidecar.policy.loader import load_policy, resolve_credentials
+from sidecar.policy.problems import PolicyError
+
+DEFAULT_LISTEN = "unix-abstract:ai-sidecar"
+DEFAULT_ADMIN = "127.0.0.1:9902"
+EXIT_BAD_INPUT = 2
+
+log = logging.getLogger("sidecar")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command named on the command line; return the process exit code."""
+    args = _parser().parse_args(argv)
+    handler = {
+        "serve": _serve_command,
+        "check": _check_command,
+        "hash-key": _hash_key_command,
+        "health": _health_command,
+    }[args.command]
+    return handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sidecar", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ai-sidecar {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the ext_proc service")
+    serve.add_argument("--policy", type=Path, required=True, help="policy YAML file")
+    serve.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        help=f"gRPC address: host:port, unix:/path or unix-abstract:name ({DEFAULT_LISTEN})",
+    )
+    serve.add_argument(
+        "--admin", default=DEFAULT_ADMIN, help=f"admin HTTP host:port, or 'off' ({DEFAULT_ADMIN})"
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--grace", type=float, default=10.0, help="seconds open streams get on shutdown (10)"
+    )
+
+    check = commands.add_parser("check", help="validate a policy file without serving")
+    check.add_argument("policy", type=Path)
+    check.add_argument(
+        "--envoy-config", type=Path, help="also check the policy against this Envoy config"
+    )
+
+    hash_key = commands.add_parser("hash-key", help="print the policy entry for an API key")
+    hash_key.add_argument("key", nargs="?", help="the key (prompted for when omitted)")
+
+    health = commands.add_parser("health", help="exit 0 if the gRPC service reports SERVING")
+    health.add_argument("--address", default=DEFAULT_LISTEN, help="gRPC target to ask")
+    health.add_argument("--timeout", type=float, default=2.0)
+    return parser
+
+
+def _check_command(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as error:
+        print(error.render(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.envoy_config is not None:
+        problems = check_envoy_config(policy, args.envoy_config)
+        if problems:
+            print(PolicyError(str(args.policy), problems).render(), file=sys.stderr)
+            return EXIT_BAD_INPUT
+    print(
+        f"{args.policy}: ok (policy {policy.digest}: {len(policy.tenants)} tenants, "
+        f"{len(policy.routes)} tiers, {len(policy.models)} models, "
+        f"{len(policy.clusters)} clusters)"
+    )
+    return 0
+
+
+def _hash_key_command(args: argparse.Namespace) -> int:
+    key = args.key if args.key is not None else _read_key()
+    if not key:
+        print("no key given", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"sha256:{key_digest(key)}")
+    return 0
+
+
+def _read_key() -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass("API key: ").strip()
+    return sys.stdin.readline().strip()
+
+
+def _health_command(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+        except grpc.RpcError as error:
+            print(f"unhealthy: {error.code().name}", file=sys.stderr)
+            return 1
+    serving = answer.status == health_pb2.HealthCheckResponse.SERVING
+    print("serving" if serving else "not serving")
+    return 0 if serving else 1
+
+
+@dataclass(frozen=True, slots=True)
+class _ServeOptions:
+    policy_path: Path
+    listen: str
+    admin: str | None
+    grace_s: float
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    admin = None if args.admin == "off" else args.admin
+    options = _ServeOptions(args.policy, args.listen, admin, args.grace)
+    try:
+        policy = load_policy(options.policy_path)
+        credentials = resolve_credentials(policy, os.environ, str(options.policy_path))
+    except PolicyError as error:
+        log.error("policy refused", extra={"problems": [str(p) for p in error.problems]})
+        print(error.render(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    active = ActivePolicy(policy, credentials)
+    try:
+        asyncio.run(_serve(options, active))
+    except OSError as error:
+        log.error("cannot start: %s", error)
+        return 1
+    return 0
+
+
+async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
+    streams = StreamRegistry()
+    service = ExternalProcessorService(lambda: active, streams)
+    grpc_server = GrpcServer(service, options.listen, active.policy.max_body_bytes)
+    serving = False
+
+    def state_view() -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "policy": {"digest": active.policy.digest, "file": str(options.policy_path)},
+            "streams": streams.snapshot(),
+        }
+
+    admin_runner = await _start_admin(options.admin, state_view, lambda: serving)
+    await grpc_server.start()
+    serving = True
+    log.info(
+        "serving",
+        extra={"listen": options.listen, "admin": options.admin, "policy": active.policy.digest},
+    )
+    await _wait_for_stop_signal()
+    serving = False
+    log.info("stopping", extra={"grace_s": options.grace_s, "open_streams": streams.active})
+    await grpc_server.stop(options.grace_s)
+    if admin_runner is not None:
+        await admin_runner.cleanup()
+
+
+async def _start_admin(address: str | None, state_view: Any, is_ready: Any) -> web.AppRunner | None:
+    if address is None:
+        return None
+    host, _, port = address.rpartition(":")
+    runner = web.AppRunner(build_admin_app(state_view, is_ready), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+    return runner
+
+
+async def _wait_for_stop_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

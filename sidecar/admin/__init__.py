@@ -1,0 +1,1 @@
+"""The admin HTTP server: health, readiness and a JSON view of live state."""

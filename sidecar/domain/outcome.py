@@ -1,0 +1,121 @@
+"""What routing a request can come to: a :class:`Decision` or a :class:`Rejection`."""
+
+from dataclasses import dataclass
+
+from sidecar.domain.ids import ClusterName, ModelName, TenantId, TierName
+from sidecar.domain.secret import Secret
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Send the request to ``cluster``, asking it for ``upstream_model``.
+
+    ``credential`` replaces whatever credential the client sent (None: send none).
+    ``reason`` says in a few words why this cluster was chosen; ``fallback_depth`` is
+    0 for the first choice.
+    """
+
+    tenant: TenantId
+    tier: TierName
+    requested_model: ModelName
+    cluster: ClusterName
+    upstream_model: str
+    credential: Secret | None
+    reason: str
+    fallback_depth: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Answer the client directly with an error instead of routing.
+
+    ``code`` is a stable machine-readable word (for example ``model_not_found``);
+    ``error_type`` is the OpenAI error category; ``message`` is for people and never
+    contains credentials.
+    """
+
+    status: int
+    error_type: str
+    code: str
+    message: str
+    retry_after_s: int | None = None
+
+
+def missing_credentials() -> Rejection:
+    """No API key or verified token came with the request."""
+    return Rejection(
+        401,
+        "authentication_error",
+        "missing_api_key",
+        "No API key provided. Send it as 'Authorization: Bearer <key>'.",
+    )
+
+
+def unknown_api_key() -> Rejection:
+    """An API key came with the request but no tenant holds it."""
+    return Rejection(401, "authentication_error", "invalid_api_key", "Incorrect API key provided.")
+
+
+def unknown_token_tenant(claim: str) -> Rejection:
+    """A verified token names a tenant the policy does not know."""
+    return Rejection(
+        401,
+        "authentication_error",
+        "unknown_tenant",
+        f"The verified token's '{claim}' claim does not name a known tenant.",
+    )
+
+
+def unknown_model(model: str) -> Rejection:
+    """The requested model is not a virtual model of the policy."""
+    return Rejection(
+        404,
+        "invalid_request_error",
+        "model_not_found",
+        f"The model '{model}' does not exist.",
+    )
+
+
+def model_not_in_tier(model: ModelName, tier: TierName) -> Rejection:
+    """The model exists but the tenant's tier has no route to it."""
+    return Rejection(
+        403,
+        "permission_error",
+        "model_not_allowed",
+        f"The model '{model}' is not available on the '{tier}' tier.",
+    )
+
+
+def endpoint_not_served(model: ModelName, path: str) -> Rejection:
+    """The cluster serving this model does not speak the API the client called."""
+    return Rejection(
+        400,
+        "invalid_request_error",
+        "unsupported_endpoint",
+        f"The model '{model}' cannot be used with {path} for this tenant.",
+    )
+
+
+def malformed_body(detail: str) -> Rejection:
+    """The body is not the JSON object the endpoint expects."""
+    return Rejection(400, "invalid_request_error", "invalid_body", detail)
+
+
+def body_too_large(limit_bytes: int) -> Rejection:
+    """The body is larger than the policy allows."""
+    return Rejection(
+        413,
+        "invalid_request_error",
+        "request_too_large",
+        f"The request body is larger than the limit of {limit_bytes} bytes.",
+    )
+
+
+def method_not_allowed(method: str, path: str) -> Rejection:
+    """AI endpoints take POST only."""
+    return Rejection(
+        405,
+        "invalid_request_error",
+        "method_not_allowed",
+        f"{method} is not allowed on {path}; use POST.",
+    )

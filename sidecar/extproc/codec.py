@@ -1,0 +1,145 @@
+"""Conversions between Envoy's ext_proc messages and the sidecar's values.
+
+Reading: request headers into a :class:`RequestHead`, dynamic metadata into verified
+token claims. Writing: the ``ProcessingResponse`` for each outcome (continue, pass
+through, reject, route).
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import json_format
+
+from sidecar.domain.api import ApiFamily
+from sidecar.domain.outcome import Decision, Rejection
+from sidecar.domain.policy import JwtSource
+from sidecar.providers.errors import render_error
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_SKIP_BODY = processing_mode_pb2.ProcessingMode.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """The parts of the request headers the sidecar reads."""
+
+    method: str
+    path: str
+    content_length: int | None
+    headers: Mapping[str, str]
+
+
+def read_head(http_headers: Any) -> RequestHead:
+    """Decode ext_proc ``HttpHeaders`` (Envoy sends values as ``raw_value`` bytes)."""
+    headers: dict[str, str] = {}
+    for header in http_headers.headers.headers:
+        value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
+        headers[header.key] = value
+    return RequestHead(
+        method=headers.get(":method", ""),
+        path=headers.get(":path", ""),
+        content_length=_parse_length(headers.get("content-length")),
+        headers=headers,
+    )
+
+
+def read_verified_claims(metadata_context: Any, source: JwtSource | None) -> dict[str, Any] | None:
+    """The payload of a token Envoy's jwt_authn filter verified, if one was forwarded."""
+    if source is None:
+        return None
+    namespace = metadata_context.filter_metadata.get(source.metadata_namespace)
+    if namespace is None or source.payload_key not in namespace.fields:
+        return None
+    payload = namespace.fields[source.payload_key]
+    if payload.WhichOneof("kind") != "struct_value":
+        return None
+    claims: dict[str, Any] = json_format.MessageToDict(payload.struct_value)
+    return claims
+
+
+def continue_request_headers() -> Any:
+    """Let the request headers through unchanged; the body comes next."""
+    return ext_proc.ProcessingResponse(request_headers=ext_proc.HeadersResponse())
+
+
+def pass_through() -> Any:
+    """Let a non-AI request through untouched, and ask Envoy not to send its body."""
+    return ext_proc.ProcessingResponse(
+        request_headers=ext_proc.HeadersResponse(),
+        mode_override=processing_mode_pb2.ProcessingMode(request_body_mode=_SKIP_BODY),
+    )
+
+
+def reject(rejection: Rejection, family: ApiFamily) -> Any:
+    """Answer the client directly with ``rejection`` in ``family``'s error shape."""
+    headers = [_header("content-type", "application/json")]
+    if rejection.retry_after_s is not None:
+        headers.append(_header("retry-after", str(rejection.retry_after_s)))
+    return ext_proc.ProcessingResponse(
+        immediate_response=ext_proc.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=rejection.status),
+            headers=ext_proc.HeaderMutation(set_headers=headers),
+            body=render_error(rejection, family),
+            details=f"ai_sidecar_{rejection.code}",
+        )
+    )
+
+
+def route_request_body(
+    decision: Decision, body: bytes, cluster_header: str, client_key_header: str
+) -> Any:
+    """Send the request to ``decision.cluster`` with ``body`` and the cluster's credential.
+
+    Sets the routing header and asks Envoy to clear its route cache so the route is
+    chosen again; the client's key header is removed and, when the cluster has a
+    credential, ``authorization`` carries it instead.
+    """
+    set_headers = [
+        _header(cluster_header, decision.cluster),
+        _header("content-length", str(len(body))),
+    ]
+    remove_headers = [client_key_header]
+    if decision.credential is not None:
+        set_headers.append(_header("authorization", f"Bearer {decision.credential.reveal()}"))
+        if client_key_header == "authorization":
+            remove_headers = []
+    elif client_key_header != "authorization":
+        remove_headers.append("authorization")
+    mutation = ext_proc.HeaderMutation(set_headers=set_headers, remove_headers=remove_headers)
+    return ext_proc.ProcessingResponse(
+        request_body=ext_proc.BodyResponse(
+            response=ext_proc.CommonResponse(
+                header_mutation=mutation,
+                body_mutation=ext_proc.BodyMutation(body=body),
+                clear_route_cache=True,
+            )
+        )
+    )
+
+
+def continue_message(request: Any) -> Any:
+    """The empty answer that lets a phase the sidecar does not act on continue."""
+    phase = request.WhichOneof("request")
+    if phase in ("request_headers", "response_headers"):
+        return ext_proc.ProcessingResponse(**{phase: ext_proc.HeadersResponse()})
+    if phase in ("request_body", "response_body"):
+        return ext_proc.ProcessingResponse(**{phase: ext_proc.BodyResponse()})
+    return ext_proc.ProcessingResponse(**{phase: ext_proc.TrailersResponse()})
+
+
+def _header(key: str, value: str) -> Any:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, raw_value=value.encode("utf-8")),
+        append_action=_OVERWRITE,
+    )
+
+
+def _parse_length(value: str | None) -> int | None:
+    if value is None or not value.isdigit():
+        return None
+    return int(value)

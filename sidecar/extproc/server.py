@@ -1,0 +1,81 @@
+"""The ext_proc gRPC service: the stream loop around :class:`StreamProcessor`.
+
+Each ``Process`` call is one HTTP request. The loop reads Envoy's messages, answers
+each through a fresh processor bound to the policy active when the stream opened,
+and, whatever ends the stream (Envoy closing it, a reset, cancellation or an
+error), leaves the stream registry as it found it.
+"""
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+
+from sidecar.core.router import ActivePolicy
+from sidecar.domain.api import ApiFamily
+from sidecar.domain.outcome import Rejection
+from sidecar.extproc import codec
+from sidecar.extproc.processor import StreamProcessor
+
+log = logging.getLogger("sidecar.extproc")
+
+SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+
+class StreamRegistry:
+    """Counts ext_proc streams: how many are open now, and how many have ended."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.finished = 0
+        self.failed = 0
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        """Count one stream as open for the duration of the ``with`` block."""
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self.finished += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters as plain data, for the admin state view."""
+        return {"active": self.active, "finished": self.finished, "failed": self.failed}
+
+
+class ExternalProcessorService(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """Envoy's ``ExternalProcessor`` service, one processor per stream."""
+
+    def __init__(self, current_policy: Callable[[], ActivePolicy], streams: StreamRegistry) -> None:
+        self._current_policy = current_policy
+        self._streams = streams
+
+    async def Process(  # noqa: N802 - the gRPC method name
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        """Answer every message of one stream, in order."""
+        processor = StreamProcessor(self._current_policy())
+        with self._streams.track():
+            async for request in request_iterator:
+                yield self._answer(processor, request)
+
+    def _answer(self, processor: StreamProcessor, request: Any) -> Any:
+        try:
+            return processor.handle(request)
+        except Exception:
+            self._streams.failed += 1
+            log.exception("routing failed; answering 500")
+            return codec.reject(_internal_error(), ApiFamily.OPENAI)
+
+
+def _internal_error() -> Rejection:
+    return Rejection(
+        500,
+        "server_error",
+        "sidecar_internal_error",
+        "The routing sidecar failed to process this request.",
+    )
