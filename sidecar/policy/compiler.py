@@ -68,7 +68,7 @@ def _reference_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
 
 def _key_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
     holder_of_digest: dict[str, str] = {}
-    for tenant_id, tenant in message.tenants.items():
+    for tenant_id, tenant in sorted(message.tenants.items()):
         for position, key_digest in enumerate(tenant.api_keys):
             path: FieldPath = ("tenants", tenant_id, "api_keys", position)
             holder = holder_of_digest.setdefault(key_digest, tenant_id)
