@@ -4,10 +4,9 @@ Each test opens streams to a server started in the test's event loop and plays
 Envoy's side: request headers, then the buffered body.
 """
 
-import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -21,6 +20,7 @@ from google.protobuf import struct_pb2
 from sidecar.core.router import ActivePolicy
 from sidecar.extproc.grpc_server import GrpcServer
 from sidecar.extproc.server import ExternalProcessorService, StreamRegistry
+from tests.waiting import wait_until
 
 
 class Sidecar:
@@ -121,7 +121,7 @@ async def test_a_cluster_without_credential_gets_the_client_key_removed(sidecar:
 
 
 async def test_a_verified_token_claim_identifies_the_tenant(sidecar: Sidecar) -> None:
-    first, second = await sidecar.exchange(
+    _, second = await sidecar.exchange(
         headers(key="not-a-key", claims={"tenant": "demo-sso", "sub": "u1"}), body(chat())
     )
     assert set_headers(second)["x-ai-sidecar-cluster"] == "openai-premium"
@@ -195,12 +195,6 @@ async def test_the_service_keeps_serving_after_bad_requests(sidecar: Sidecar) ->
         await sidecar.exchange(*requests)
     _, routed = await sidecar.exchange(headers(), body(chat()))
     assert set_headers(routed)["x-ai-sidecar-cluster"] == "openai-premium"
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 async def test_a_cancelled_stream_leaves_nothing_behind(sidecar: Sidecar) -> None:
