@@ -8,11 +8,13 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from sidecar_demo.model_server import serve_forever
 from sidecar_demo.stack import ENVOY_LISTENER, DemoStack, StackError, StackLayout
+from sidecar_demo.tokens import demo_tenant_token
 
 _CURL = """\
   curl -s http://{listen}/v1/chat/completions \\
@@ -28,9 +30,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--envoy-config", type=Path, default=Path("envoy/envoy.yaml"))
     run.add_argument("--log-dir", type=Path, default=Path("run"))
     commands.add_parser("models", help="run the demo model servers only")
+    token = commands.add_parser("token", help="print a demo JWT naming a tenant")
+    token.add_argument("tenant", help="the tenant the token's 'tenant' claim names")
     args = parser.parse_args(argv)
     if args.command == "models":
         return _run_models()
+    if args.command == "token":
+        print(demo_tenant_token(args.tenant, int(time.time())))
+        return 0
     return _run_stack(StackLayout(args.policy, args.envoy_config, args.log_dir))
 
 

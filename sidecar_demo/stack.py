@@ -162,6 +162,8 @@ class DemoStack:
                 "warning",
                 "--concurrency",
                 "2",
+                "--file-flush-interval-msec",
+                "100",
             ],
             f"http://{_address(ENVOY_ADMIN)}/ready",
             layout.log_dir / "envoy.log",

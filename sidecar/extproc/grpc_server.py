@@ -8,6 +8,10 @@ from grpc_health.v1.health import aio as health_aio
 from sidecar.extproc.server import SERVICE_NAME, ExternalProcessorService
 
 _EXTRA_MESSAGE_BYTES = 64 * 1024
+_MIN_MESSAGE_BYTES = 8 * 1024 * 1024
+"""Envoy may send bodies up to its own buffer limit (2 MiB in envoy/envoy.yaml), even
+above the policy's limit; those must reach the sidecar to get a clear 413, not fail the
+stream (which Envoy would turn into its fail mode)."""
 
 
 class GrpcServer:
@@ -18,7 +22,7 @@ class GrpcServer:
     """
 
     def __init__(self, service: ExternalProcessorService, address: str, max_body_bytes: int):
-        limit = max_body_bytes + _EXTRA_MESSAGE_BYTES
+        limit = max(max_body_bytes + _EXTRA_MESSAGE_BYTES, _MIN_MESSAGE_BYTES)
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
