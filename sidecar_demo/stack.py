@@ -63,6 +63,8 @@ class ManagedProcess:
     _log: IO[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:
+        if self.process is not None:
+            raise StackError(f"{self.name} is already running (pid {self.process.pid})")
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.argv,

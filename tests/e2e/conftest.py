@@ -1,0 +1,88 @@
+"""The real stack for end-to-end tests: demo model servers, the sidecar, and Envoy.
+
+One stack serves the whole session, started exactly as ``make run`` starts it: the
+project's ``envoy/envoy.yaml`` and ``examples/policy.yaml`` unchanged. Its logs are
+kept under ``test-artifacts/e2e/``. Each test starts with no faults, no recorded
+requests, a running sidecar and Envoy's fail mode as the file sets it.
+"""
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sidecar_demo.fault_control import FaultControl
+from sidecar_demo.specs import DEMO_FLEET
+from sidecar_demo.stack import ENVOY_ADMIN, ENVOY_LISTENER, SIDECAR_ADMIN, DemoStack, StackLayout
+from sidecar_demo.tokens import demo_tenant_token
+from tests.conftest import DEMO_POLICY, ENVOY_CONFIG, ROOT
+
+ENVOY = f"http://{ENVOY_LISTENER[0]}:{ENVOY_LISTENER[1]}"
+ENVOY_ADMIN_URL = f"http://{ENVOY_ADMIN[0]}:{ENVOY_ADMIN[1]}"
+SIDECAR_ADMIN_URL = f"http://{SIDECAR_ADMIN[0]}:{SIDECAR_ADMIN[1]}"
+SERVER_URLS = {spec.name: spec.base_url for spec in DEMO_FLEET}
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[DemoStack]:
+    demo = DemoStack(StackLayout(DEMO_POLICY, ENVOY_CONFIG, ROOT / "test-artifacts" / "e2e"))
+    demo.start()
+    try:
+        yield demo
+    finally:
+        demo.stop()
+
+
+@dataclass
+class Harness:
+    """What a test drives: the app-facing HTTP client and the stack's controls."""
+
+    stack: DemoStack
+    http: aiohttp.ClientSession
+    servers: dict[str, FaultControl]
+
+    async def chat(
+        self, key: str | None, model: str = "chat", **extra: Any
+    ) -> aiohttp.ClientResponse:
+        headers = {"authorization": f"Bearer {key}"} if key is not None else {}
+        headers.update(extra.pop("headers", {}))
+        document = {"model": model, "messages": [{"role": "user", "content": "Hello"}], **extra}
+        return await self.http.post(f"{ENVOY}/v1/chat/completions", json=document, headers=headers)
+
+    async def recorded(self, server: str) -> list[dict[str, Any]]:
+        return await self.servers[server].recorded_requests()
+
+    async def sidecar_streams(self) -> dict[str, int]:
+        async with self.http.get(f"{SIDECAR_ADMIN_URL}/state") as response:
+            state = await response.json()
+        streams: dict[str, int] = state["streams"]
+        return streams
+
+    async def set_fail_open(self, percent: int | None) -> None:
+        value = "" if percent is None else str(percent)
+        url = f"{ENVOY_ADMIN_URL}/runtime_modify?ai_sidecar.fail_open={value}"
+        async with self.http.post(url) as response:
+            assert response.status == 200, await response.text()
+
+
+def jwt_for(tenant: str) -> str:
+    return demo_tenant_token(tenant, int(time.time()))
+
+
+@pytest.fixture
+async def harness(stack: DemoStack) -> AsyncIterator[Harness]:
+    if stack.sidecar.pid is None:
+        stack.sidecar.start()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        servers = {name: FaultControl(url, http) for name, url in SERVER_URLS.items()}
+        for control in servers.values():
+            await control.clear_fault()
+            await control.clear_recorded()
+        test_harness = Harness(stack, http, servers)
+        yield test_harness
+        await test_harness.set_fail_open(None)
+        for control in servers.values():
+            await control.clear_fault()
