@@ -20,8 +20,10 @@ from aiohttp import web
 
 from sidecar import __version__
 from sidecar.admin.app import build_admin_app
+from sidecar.core.clock import MonotonicClock
 from sidecar.core.identity import key_digest
 from sidecar.core.router import ActivePolicy
+from sidecar.engine.runtime import RoutingRuntime
 from sidecar.extproc.grpc_server import GrpcServer
 from sidecar.extproc.server import ExternalProcessorService, StreamRegistry
 from sidecar.logs import configure_logging
@@ -96,7 +98,7 @@ def _check_command(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
     print(
         f"{args.policy}: ok (policy {policy.digest}: {len(policy.tenants)} tenants, "
-        f"{len(policy.routes)} tiers, {len(policy.models)} models, "
+        f"{len(policy.tiers)} tiers, {len(policy.models)} models, "
         f"{len(policy.clusters)} clusters)"
     )
     return 0
@@ -163,7 +165,8 @@ def _serve_command(args: argparse.Namespace) -> int:
 
 async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
     streams = StreamRegistry()
-    service = ExternalProcessorService(lambda: active, streams)
+    runtime = RoutingRuntime(active, MonotonicClock())
+    service = ExternalProcessorService(lambda: runtime, streams)
     grpc_server = GrpcServer(service, options.listen, active.policy.max_body_bytes)
     serving = False
 
@@ -172,6 +175,7 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
             "version": __version__,
             "policy": {"digest": active.policy.digest, "file": str(options.policy_path)},
             "streams": streams.snapshot(),
+            **runtime.snapshot(),
         }
 
     admin_runner = await _start_admin(options.admin, state_view, lambda: serving)

@@ -21,6 +21,7 @@ from enum import Enum
 from typing import Protocol
 
 from sidecar.domain.ids import ClusterName
+from sidecar.domain.resilience import BreakerConfig
 
 
 class BreakerState(Enum):
@@ -40,23 +41,6 @@ _ALLOWED_TRANSITIONS = {
 
 class IllegalTransitionError(RuntimeError):
     """A transition the state table does not allow: a bug, never an input error."""
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerConfig:
-    """How a breaker judges its cluster; see ``docs/resilience.md``."""
-
-    window_kind: str = "count"
-    """``count``: the last ``window_size`` calls; ``time``: calls of the last ``window_size`` s."""
-    window_size: int = 20
-    minimum_calls: int = 10
-    failure_rate_threshold: float = 0.5
-    slow_call_rate_threshold: float = 1.0
-    slow_call_s: float = 10.0
-    open_wait_s: float = 5.0
-    max_open_wait_s: float = 120.0
-    wait_multiplier: float = 2.0
-    half_open_trials: int = 3
 
 
 @dataclass(frozen=True, slots=True)

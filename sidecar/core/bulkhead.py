@@ -16,21 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from sidecar.domain.ids import TenantId
-
-
-@dataclass(frozen=True, slots=True)
-class PoolConfig:
-    """Limits of one pool; see ``docs/resilience.md``."""
-
-    name: str
-    max_concurrent: int
-    max_waiting: int = 0
-    max_wait_s: float = 0.0
-    min_wait_priority: int = 0
-    per_tenant_max: int | None = None
-    overflow: str | None = None
-    overflow_min_priority: int = 0
-    retry_after_s: int = 1
+from sidecar.domain.resilience import PoolConfig
 
 
 class Verdict(Enum):

@@ -1,12 +1,17 @@
-"""The routing decision: which cluster serves a request, from the tenant's tier.
+"""The routing decision: which cluster of the tenant's chain serves a request.
 
-``route`` is a pure function of the request facts and the active policy. It returns a
-:class:`Decision` or a :class:`Rejection`; it never raises for bad requests.
+``route`` is a pure function of the request facts, the active policy and a read-only
+view of the fleet (breakers, cluster load). It returns a :class:`Decision`, a
+:class:`Rejection` (the request itself is wrong or not allowed), or
+:class:`Unavailable` (every cluster of the chain is out; the caller turns to the
+degradation ladder). It never raises for bad requests.
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sidecar.core.pipeline import Candidate, FleetView, PipelineRequest, apply_filters
+from sidecar.core.pipeline.filters import DEFAULT_FILTERS
 from sidecar.domain.api import Endpoint
 from sidecar.domain.ids import ClusterName, ModelName
 from sidecar.domain.outcome import (
@@ -41,30 +46,57 @@ class RouteRequest:
     requested_model: str
 
 
-def route(request: RouteRequest, active: ActivePolicy) -> Decision | Rejection:
-    """Choose the cluster for ``request``: the tenant's tier route for its model.
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """No cluster of the chain can take the request now, and why each is out."""
+
+    requested_model: ModelName
+    skipped: tuple[tuple[ClusterName, str], ...]
+
+
+def route(
+    request: RouteRequest, active: ActivePolicy, fleet: FleetView, now: float
+) -> Decision | Rejection | Unavailable:
+    """Choose the first cluster of the tenant's chain that no filter excludes.
 
     Rejections, in the order checked: a model the policy does not define (404), a
-    model the tier has no route for (403), and a cluster whose servers do not speak
+    model the tier has no route for (403), and a chain none of whose clusters speak
     the API the client called (400).
     """
     policy = active.policy
     model = ModelName(request.requested_model)
     if model not in policy.models:
         return unknown_model(request.requested_model)
-    tier = request.tenant.tier
-    cluster_name = policy.routes.get(tier, {}).get(model)
-    if cluster_name is None:
-        return model_not_in_tier(model, tier)
-    cluster = policy.clusters[cluster_name]
-    if not cluster.provider.serves(request.endpoint.family):
-        return endpoint_not_served(model, request.endpoint.path)
+    tier = policy.tiers.get(request.tenant.tier)
+    route_spec = tier.routes.get(model) if tier is not None else None
+    if route_spec is None:
+        return model_not_in_tier(model, request.tenant.tier)
+    candidates = [
+        Candidate(policy.clusters[name], depth) for depth, name in enumerate(route_spec.chain)
+    ]
+    filtered = apply_filters(
+        candidates, DEFAULT_FILTERS, PipelineRequest(request.endpoint, now), fleet
+    )
+    if not filtered.remaining:
+        if all(reason.startswith("does not serve") for _, reason in filtered.skipped):
+            return endpoint_not_served(model, request.endpoint.path)
+        return Unavailable(model, filtered.skipped)
+    chosen = filtered.remaining[0]
     return Decision(
         tenant=request.tenant.tenant_id,
-        tier=tier,
+        tier=request.tenant.tier,
         requested_model=model,
-        cluster=cluster_name,
-        upstream_model=cluster.upstream_model,
-        credential=active.credentials.get(cluster_name),
-        reason="tier_route",
+        cluster=chosen.cluster.name,
+        upstream_model=chosen.cluster.upstream_model,
+        credential=active.credentials.get(chosen.cluster.name),
+        reason=_reason(chosen, filtered.skipped),
+        fallback_depth=chosen.depth,
+        skipped=filtered.skipped,
     )
+
+
+def _reason(chosen: Candidate, skipped: tuple[tuple[ClusterName, str], ...]) -> str:
+    if chosen.depth == 0:
+        return "primary"
+    why = "; ".join(f"{cluster}: {reason}" for cluster, reason in skipped)
+    return f"fallback ({why})"

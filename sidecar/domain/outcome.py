@@ -12,7 +12,8 @@ class Decision:
 
     ``credential`` replaces whatever credential the client sent (None: send none).
     ``reason`` says in a few words why this cluster was chosen; ``fallback_depth`` is
-    0 for the first choice.
+    its place in the chain (0 for the primary); ``skipped`` lists the clusters before
+    it that were out, with the reason.
     """
 
     tenant: TenantId
@@ -23,6 +24,12 @@ class Decision:
     credential: Secret | None
     reason: str
     fallback_depth: int = 0
+    skipped: tuple[tuple[ClusterName, str], ...] = ()
+
+    @property
+    def rung(self) -> str:
+        """Which rung of the degradation ladder serves: ``primary`` or ``fallback``."""
+        return "primary" if self.fallback_depth == 0 else "fallback"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,4 +125,40 @@ def method_not_allowed(method: str, path: str) -> Rejection:
         "invalid_request_error",
         "method_not_allowed",
         f"{method} is not allowed on {path}; use POST.",
+    )
+
+
+def shed(status: int, reason: str, retry_after_s: int) -> Rejection:
+    """A full pool turned the request away; 429 when the tenant's own share is used up."""
+    code = "too_many_requests" if status == 429 else "overloaded"
+    error_type = "rate_limit_error" if status == 429 else "server_error"
+    return Rejection(
+        status,
+        error_type,
+        code,
+        f"The service is at capacity ({reason}); retry after {retry_after_s}s.",
+        retry_after_s,
+    )
+
+
+def no_cluster_available(model: ModelName, retry_after_s: int) -> Rejection:
+    """Every cluster of the chain is out and nothing further down the ladder could answer."""
+    return Rejection(
+        503,
+        "server_error",
+        "model_unavailable",
+        f"No upstream for the model '{model}' is available right now; "
+        f"retry after {retry_after_s}s.",
+        retry_after_s,
+    )
+
+
+def degraded_queue_full(model: ModelName) -> Rejection:
+    """The queue for parked requests is full."""
+    return Rejection(
+        503,
+        "server_error",
+        "queue_full",
+        f"The model '{model}' is unavailable and its request queue is full.",
+        30,
     )

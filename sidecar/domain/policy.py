@@ -5,10 +5,11 @@ that nothing changes it. A reload builds a new one and swaps it in whole.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sidecar.domain.api import Provider
 from sidecar.domain.ids import ClusterName, ModelName, TenantId, TierName
+from sidecar.domain.resilience import BreakerConfig, PoolConfig
 
 DEFAULT_CLUSTER_HEADER = "x-ai-sidecar-cluster"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -24,6 +25,76 @@ class ClusterSpec:
     provider: Provider
     upstream_model: str
     credential_env: str | None
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    max_concurrent: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerCacheSpec:
+    """Which answers of a virtual model are kept, for how long, and under what key."""
+
+    max_entries: int
+    max_age_s: float
+    key_fields: tuple[str, ...]
+    key_headers: tuple[str, ...]
+    shared: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DegradedSpec:
+    """The last rung of a chain: a fixed message, or a queue an operator drains."""
+
+    message: str | None
+    queue_max: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A virtual model: the name applications ask for, and its last-resort answers."""
+
+    name: ModelName
+    answer_cache: AnswerCacheSpec | None = None
+    degraded: DegradedSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """Where a tier's requests for one virtual model go: clusters in order of preference."""
+
+    chain: tuple[ClusterName, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TierSpec:
+    """A service tier: its routes, its bulkhead pool and its shedding priority."""
+
+    name: TierName
+    routes: Mapping[ModelName, RouteSpec]
+    pool: str | None = None
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityBand:
+    """A range of a header's numeric value, and the priority adjustment it brings."""
+
+    at_least: float | None
+    below: float | None
+    adjust: int
+
+    def matches(self, value: float) -> bool:
+        """Whether ``value`` falls in this band."""
+        if self.at_least is not None and value < self.at_least:
+            return False
+        return self.below is None or value < self.below
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityRule:
+    """Adjusts priority by the value of a trusted header; the first matching band wins."""
+
+    header: str
+    bands: tuple[PriorityBand, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +126,7 @@ class JwtSource:
 class Policy:
     """Everything the routing core needs from the operator's policy file.
 
-    ``routes`` maps a tier and a virtual model to the cluster serving it;
+    ``tiers`` maps a tier to its routes (virtual model to cluster chain);
     ``tenant_by_key_digest`` maps the hex SHA-256 of an API key to its tenant.
     """
 
@@ -65,7 +136,9 @@ class Policy:
     api_key_source: ApiKeySource
     jwt_source: JwtSource | None
     clusters: Mapping[ClusterName, ClusterSpec]
-    models: frozenset[ModelName]
+    models: Mapping[ModelName, ModelSpec]
     tenants: Mapping[TenantId, TenantSpec]
     tenant_by_key_digest: Mapping[str, TenantId]
-    routes: Mapping[TierName, Mapping[ModelName, ClusterName]]
+    tiers: Mapping[TierName, TierSpec]
+    pools: tuple[PoolConfig, ...] = ()
+    priority_rules: tuple[PriorityRule, ...] = ()

@@ -22,6 +22,8 @@ from sidecar.providers.errors import render_error
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _SKIP_BODY = processing_mode_pb2.ProcessingMode.NONE
+_BUFFER_BODY = processing_mode_pb2.ProcessingMode.BUFFERED
+RUNG_HEADER = "x-ai-sidecar-rung"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,42 @@ def reject(rejection: Rejection, family: ApiFamily) -> Any:
             details=f"ai_sidecar_{rejection.code}",
         )
     )
+
+
+def answer(status: int, body: bytes, content_type: str, rung: str) -> Any:
+    """Answer the client directly with a body the sidecar wrote (cached or degraded)."""
+    headers = [_header("content-type", content_type), _header(RUNG_HEADER, rung)]
+    return ext_proc.ProcessingResponse(
+        immediate_response=ext_proc.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),
+            headers=ext_proc.HeaderMutation(set_headers=headers),
+            body=body,
+            details=f"ai_sidecar_{rung}",
+        )
+    )
+
+
+def read_status(http_headers: Any) -> int:
+    """The ``:status`` of response headers (0 if absent or not a number)."""
+    for header in http_headers.headers.headers:
+        if header.key == ":status":
+            value = header.raw_value.decode() if header.raw_value else header.value
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+def mark_response(rung: str, buffer_body: bool) -> Any:
+    """Tell the client which rung answered; ask for the body when it is to be kept."""
+    response = ext_proc.ProcessingResponse(
+        response_headers=ext_proc.HeadersResponse(
+            response=ext_proc.CommonResponse(
+                header_mutation=ext_proc.HeaderMutation(set_headers=[_header(RUNG_HEADER, rung)])
+            )
+        )
+    )
+    if buffer_body:
+        response.mode_override.response_body_mode = _BUFFER_BODY
+    return response
 
 
 def route_request_body(

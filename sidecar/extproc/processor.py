@@ -1,76 +1,121 @@
 """One HTTP request's trip through the sidecar: a processor per ext_proc stream.
 
-Envoy opens one gRPC stream per HTTP request and sends a message per phase. The
-processor answers each: on request headers it identifies the tenant and checks what
-can be checked without the body; on the request body it parses the model, asks the
-core for a decision and turns it into mutations. It keeps the per-request context
-and nothing outside it, so a stream that ends for any reason leaves nothing behind.
+Envoy opens one gRPC stream per HTTP request and sends a message per phase; the
+processor answers each:
+
+- request headers: identify the tenant, check what needs no body;
+- request body: take a slot in the tier's pool (waiting or shed), route through the
+  chain (skipping clusters whose breaker is open or that are full), or fall down the
+  ladder (cached answer, degraded answer, queue) when no cluster can take it;
+- response headers: feed the chosen cluster's breaker, say which rung answered;
+- response body (only when an answer is to be kept): keep it in the answer cache.
+
+The processor holds the request's slot and breaker permit; :meth:`close` gives both
+back, and the stream loop calls it however the stream ends.
 """
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.core.answer_cache import CachedAnswer, cache_key
+from sidecar.core.breaker import CallResult, Permit
+from sidecar.core.bulkhead import Slot
+from sidecar.core.degraded_queue import QueuedRequest
 from sidecar.core.identity import PresentedIdentity, identify
-from sidecar.core.router import ActivePolicy, RouteRequest, route
-from sidecar.domain.api import ApiFamily, Endpoint, endpoint_for_path
+from sidecar.core.outcomes import classify
+from sidecar.core.priority import priority_of
+from sidecar.core.router import RouteRequest, Unavailable
+from sidecar.domain.api import Endpoint, endpoint_for_path
 from sidecar.domain.outcome import (
+    Decision,
     Rejection,
     body_too_large,
+    degraded_queue_full,
     malformed_body,
     method_not_allowed,
+    no_cluster_available,
+    shed,
 )
 from sidecar.domain.policy import TenantSpec
+from sidecar.engine.runtime import RoutingRuntime, Shed
 from sidecar.extproc import codec
-from sidecar.providers.body import parse_request_body, rewrite_model
+from sidecar.providers.body import RequestBody, parse_request_body, rewrite_model, wants_stream
+from sidecar.providers.synthetic import answer_text, can_synthesize, synthesize
 
 log = logging.getLogger("sidecar.routing")
 
 
-@dataclass(frozen=True, slots=True)
-class _AwaitingBody:
-    """Headers accepted: the tenant is known and the body is expected."""
+@dataclass
+class _Request:
+    """What the processor knows about its request, phase after phase."""
 
     tenant: TenantSpec
     endpoint: Endpoint
+    headers: dict[str, str]
+    body: RequestBody | None = None
+    slot: Slot | None = None
+    decision: Decision | None = None
+    permit: Permit | None = None
+    sent_at: float = 0.0
+    answer_key: str | None = None
 
 
 class StreamProcessor:
     """Answers the ext_proc messages of one HTTP request, phase by phase."""
 
-    def __init__(self, active: ActivePolicy) -> None:
-        self._active = active
-        self._awaiting: _AwaitingBody | None = None
+    def __init__(self, runtime: RoutingRuntime) -> None:
+        self._runtime = runtime
+        self._request: _Request | None = None
         self.outcome = "open"
-        """How the request ended up: open, passed_through, rejected:<code>, routed."""
+        """How the request ended up: open, passed_through, rejected:<code>, routed, <rung>."""
 
-    def handle(self, request: Any) -> Any:
+    async def handle(self, message: Any) -> Any:
         """The response to one ``ProcessingRequest``."""
-        phase = request.WhichOneof("request")
+        phase = message.WhichOneof("request")
         if phase == "request_headers":
-            return self._on_request_headers(request)
-        if phase == "request_body":
-            return self._on_request_body(request)
-        return codec.continue_message(request)
+            return self._on_request_headers(message)
+        if phase == "request_body" and self._request is not None:
+            return await self._on_request_body(self._request, message.request_body)
+        if phase == "response_headers" and self._request is not None:
+            return self._on_response_headers(self._request, message.response_headers)
+        if phase == "response_body" and self._request is not None:
+            self._on_response_body(self._request, message.response_body)
+        return codec.continue_message(message)
 
-    def _on_request_headers(self, request: Any) -> Any:
-        head = codec.read_head(request.request_headers)
+    def close(self) -> None:
+        """Give back the slot and the breaker permit, whatever ended the stream."""
+        request, self._request = self._request, None
+        if request is None:
+            return
+        if request.permit is not None:
+            self._runtime.finish_call(request.permit, self._unanswered(request))
+            request.permit = None
+        if request.slot is not None:
+            self._runtime.release_slot(request.slot)
+            request.slot = None
+
+    # -- request headers -------------------------------------------------------------
+
+    def _on_request_headers(self, message: Any) -> Any:
+        head = codec.read_head(message.request_headers)
         endpoint = endpoint_for_path(head.path)
         if endpoint is None:
             self.outcome = "passed_through"
             return codec.pass_through()
-        policy = self._active.policy
-        early_rejection = self._check_head(head, endpoint, request.request_headers.end_of_stream)
-        if early_rejection is not None:
-            return self._reject(early_rejection, endpoint.family)
+        policy = self._runtime.active.policy
+        early = self._check_head(head, endpoint, message.request_headers.end_of_stream)
+        if early is not None:
+            return self._reject(early, endpoint)
         presented = PresentedIdentity(
             api_key_header=head.headers.get(policy.api_key_source.header),
-            verified_claims=codec.read_verified_claims(request.metadata_context, policy.jwt_source),
+            verified_claims=codec.read_verified_claims(message.metadata_context, policy.jwt_source),
         )
         tenant = identify(presented, policy)
         if isinstance(tenant, Rejection):
-            return self._reject(tenant, endpoint.family)
-        self._awaiting = _AwaitingBody(tenant, endpoint)
+            return self._reject(tenant, endpoint)
+        self._request = _Request(tenant, endpoint, dict(head.headers))
         return codec.continue_request_headers()
 
     def _check_head(
@@ -78,33 +123,65 @@ class StreamProcessor:
     ) -> Rejection | None:
         if head.method != "POST":
             return method_not_allowed(head.method, endpoint.path)
-        limit = self._active.policy.max_body_bytes
+        limit = self._runtime.active.policy.max_body_bytes
         if head.content_length is not None and head.content_length > limit:
             return body_too_large(limit)
         if end_of_stream:
             return malformed_body("The request has no body; send a JSON object.")
         return None
 
-    def _on_request_body(self, request: Any) -> Any:
-        awaiting = self._awaiting
-        if awaiting is None:
-            return codec.continue_message(request)
-        self._awaiting = None
-        http_body = request.request_body
-        family = awaiting.endpoint.family
+    # -- request body ----------------------------------------------------------------
+
+    async def _on_request_body(self, request: _Request, http_body: Any) -> Any:
         if not http_body.end_of_stream:
             log.error("request body is not buffered: set request_body_mode BUFFERED in Envoy")
-            return self._reject(_misconfigured_body_mode(), family)
-        policy = self._active.policy
-        if len(http_body.body) > policy.max_body_bytes:
-            return self._reject(body_too_large(policy.max_body_bytes), family)
+            return self._reject(_misconfigured_body_mode(), request.endpoint)
+        limit = self._runtime.active.policy.max_body_bytes
+        if len(http_body.body) > limit:
+            return self._reject(body_too_large(limit), request.endpoint)
         body = parse_request_body(http_body.body)
         if isinstance(body, Rejection):
-            return self._reject(body, family)
-        decision = route(RouteRequest(awaiting.tenant, awaiting.endpoint, body.model), self._active)
-        if isinstance(decision, Rejection):
-            return self._reject(decision, family)
-        self.outcome = "routed"
+            return self._reject(body, request.endpoint)
+        request.body = body
+        refused = await self._take_slot(request)
+        if refused is not None:
+            return self._reject(refused, request.endpoint)
+        outcome = self._runtime.decide(RouteRequest(request.tenant, request.endpoint, body.model))
+        if isinstance(outcome, Rejection):
+            return self._reject(outcome, request.endpoint)
+        if isinstance(outcome, Unavailable):
+            return self._descend_ladder(request, body, outcome)
+        return self._send_upstream(request, body, outcome)
+
+    async def _take_slot(self, request: _Request) -> Rejection | None:
+        policy = self._runtime.active.policy
+        tier = policy.tiers.get(request.tenant.tier)
+        if tier is None or tier.pool is None:
+            return None
+        priority = priority_of(tier, request.headers, policy.priority_rules)
+        ask = self._runtime.new_ask(request.tenant.tenant_id, priority)
+        admitted = await self._runtime.admit(tier.pool, ask)
+        if isinstance(admitted, Shed):
+            log.info(
+                "shed",
+                extra={
+                    "tenant": request.tenant.tenant_id,
+                    "pool": tier.pool,
+                    "priority": priority,
+                    "reason": admitted.reason,
+                },
+            )
+            return shed(admitted.status, admitted.reason, admitted.retry_after_s)
+        request.slot = admitted
+        return None
+
+    def _send_upstream(self, request: _Request, body: RequestBody, decision: Decision) -> Any:
+        runtime = self._runtime
+        request.decision = decision
+        request.permit = runtime.start_call(decision)
+        request.sent_at = runtime.clock.now()
+        request.answer_key = self._answer_key(request, body)
+        self.outcome = decision.rung
         log.debug(
             "routed",
             extra={
@@ -115,6 +192,7 @@ class StreamProcessor:
                 "reason": decision.reason,
             },
         )
+        policy = runtime.active.policy
         return codec.route_request_body(
             decision,
             rewrite_model(body, decision.upstream_model),
@@ -122,9 +200,125 @@ class StreamProcessor:
             policy.api_key_source.header,
         )
 
-    def _reject(self, rejection: Rejection, family: ApiFamily) -> Any:
+    def _answer_key(self, request: _Request, body: RequestBody) -> str | None:
+        spec = self._runtime.active.policy.models[_model(body)].answer_cache
+        if spec is None or not can_synthesize(request.endpoint):
+            return None
+        return cache_key(
+            spec, request.tenant.tenant_id, _model(body), body.document, request.headers
+        )
+
+    # -- the degradation ladder ------------------------------------------------------
+
+    def _descend_ladder(self, request: _Request, body: RequestBody, out: Unavailable) -> Any:
+        runtime = self._runtime
+        endpoint = request.endpoint
+        stream = wants_stream(body, endpoint)
+        log.warning(
+            "no cluster available",
+            extra={"model": out.requested_model, "skipped": [list(s) for s in out.skipped]},
+        )
+        cached = self._cached_answer(request, body)
+        if cached is not None:
+            content, content_type = synthesize(endpoint, cached.text, cached.model, stream)
+            return self._answer(200, content, content_type, "cache")
+        degraded = runtime.active.policy.models[out.requested_model].degraded
+        if degraded is not None and degraded.message and can_synthesize(endpoint):
+            content, content_type = synthesize(endpoint, degraded.message, "degraded", stream)
+            return self._answer(200, content, content_type, "degraded")
+        queue = runtime.queue_for(out.requested_model)
+        if queue is not None:
+            return self._park(request, body, out)
+        return self._reject(no_cluster_available(out.requested_model, 1), endpoint)
+
+    def _cached_answer(self, request: _Request, body: RequestBody) -> CachedAnswer | None:
+        key = self._answer_key(request, body)
+        cache = self._runtime.cache_for(_model(body))
+        if key is None or cache is None:
+            return None
+        return cache.get(key, self._runtime.clock.now())
+
+    def _park(self, request: _Request, body: RequestBody, out: Unavailable) -> Any:
+        runtime = self._runtime
+        queue = runtime.queue_for(out.requested_model)
+        assert queue is not None
+        request_id = request.headers.get("x-request-id") or f"q-{id(request):x}"
+        parked = QueuedRequest(
+            request_id,
+            request.tenant.tenant_id,
+            out.requested_model,
+            request.endpoint.path,
+            body.document,
+            runtime.clock.now(),
+        )
+        if not queue.park(parked):
+            return self._reject(degraded_queue_full(out.requested_model), request.endpoint)
+        document = {
+            "id": request_id,
+            "object": "queued_request",
+            "status": "queued",
+            "message": "No model is available now; the request was queued for later processing.",
+        }
+        return self._answer(202, json.dumps(document).encode(), "application/json", "queued")
+
+    def _answer(self, status: int, body: bytes, content_type: str, rung: str) -> Any:
+        self.outcome = rung
+        return codec.answer(status, body, content_type, rung)
+
+    # -- response --------------------------------------------------------------------
+
+    def _on_response_headers(self, request: _Request, http_headers: Any) -> Any:
+        status = codec.read_status(http_headers)
+        runtime = self._runtime
+        if request.permit is not None:
+            elapsed = runtime.clock.now() - request.sent_at
+            slow_after = runtime.fleet.breakers[request.permit.cluster].config.slow_call_s
+            runtime.finish_call(request.permit, classify(status, elapsed, slow_after))
+            request.permit = None
+        rung = request.decision.rung if request.decision is not None else "primary"
+        keep = (
+            request.answer_key is not None
+            and status == 200
+            and request.body is not None
+            and not wants_stream(request.body, request.endpoint)
+        )
+        if not keep:
+            request.answer_key = None
+        return codec.mark_response(rung, buffer_body=keep)
+
+    def _on_response_body(self, request: _Request, http_body: Any) -> None:
+        key, request.answer_key = request.answer_key, None
+        if key is None or request.body is None or not http_body.end_of_stream:
+            return
+        try:
+            document = json.loads(http_body.body)
+        except ValueError:
+            return
+        text = answer_text(request.endpoint, document)
+        cache = self._runtime.cache_for(_model(request.body))
+        if text is None or cache is None:
+            return
+        model = document.get("model") if isinstance(document.get("model"), str) else ""
+        cache.put(key, CachedAnswer(text, model or "", self._runtime.clock.now()))
+
+    def _unanswered(self, request: _Request) -> CallResult | None:
+        """The breaker outcome of a call that ended before its response headers."""
+        assert request.permit is not None
+        elapsed = self._runtime.clock.now() - request.sent_at
+        slow_after = self._runtime.fleet.breakers[request.permit.cluster].config.slow_call_s
+        if elapsed > slow_after:
+            return CallResult(failed=False, slow=True, detail=f"no answer after {elapsed:.3f}s")
+        return None
+
+    def _reject(self, rejection: Rejection, endpoint: Endpoint) -> Any:
         self.outcome = f"rejected:{rejection.code}"
-        return codec.reject(rejection, family)
+        return codec.reject(rejection, endpoint.family)
+
+
+def _model(body: RequestBody) -> Any:
+    from sidecar.domain.ids import ModelName
+
+    return ModelName(body.model)
 
 
 def _misconfigured_body_mode() -> Rejection:

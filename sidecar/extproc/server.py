@@ -1,9 +1,10 @@
 """The ext_proc gRPC service: the stream loop around :class:`StreamProcessor`.
 
 Each ``Process`` call is one HTTP request. The loop reads Envoy's messages, answers
-each through a fresh processor bound to the policy active when the stream opened,
-and, whatever ends the stream (Envoy closing it, a reset, cancellation or an
-error), leaves the stream registry as it found it.
+each through a fresh processor bound to the runtime (policy and live state) active
+when the stream opened, and, whatever ends the stream (Envoy closing it, a reset,
+cancellation or an error), closes the processor, which gives back its pool slot and
+breaker permit, and leaves the stream registry as it found it.
 """
 
 import logging
@@ -13,9 +14,9 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
-from sidecar.core.router import ActivePolicy
 from sidecar.domain.api import ApiFamily
 from sidecar.domain.outcome import Rejection
+from sidecar.engine.runtime import RoutingRuntime
 from sidecar.extproc import codec
 from sidecar.extproc.processor import StreamProcessor
 
@@ -50,22 +51,27 @@ class StreamRegistry:
 class ExternalProcessorService(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """Envoy's ``ExternalProcessor`` service, one processor per stream."""
 
-    def __init__(self, current_policy: Callable[[], ActivePolicy], streams: StreamRegistry) -> None:
-        self._current_policy = current_policy
+    def __init__(
+        self, current_runtime: Callable[[], RoutingRuntime], streams: StreamRegistry
+    ) -> None:
+        self._current_runtime = current_runtime
         self._streams = streams
 
     async def Process(  # noqa: N802 - the gRPC method name
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
         """Answer every message of one stream, in order."""
-        processor = StreamProcessor(self._current_policy())
+        processor = StreamProcessor(self._current_runtime())
         with self._streams.track():
-            async for request in request_iterator:
-                yield self._answer(processor, request)
+            try:
+                async for request in request_iterator:
+                    yield await self._answer(processor, request)
+            finally:
+                processor.close()
 
-    def _answer(self, processor: StreamProcessor, request: Any) -> Any:
+    async def _answer(self, processor: StreamProcessor, request: Any) -> Any:
         try:
-            return processor.handle(request)
+            return await processor.handle(request)
         except Exception:
             self._streams.failed += 1
             log.exception("routing failed; answering 500")

@@ -17,12 +17,20 @@ from sidecar.domain.policy import (
     DEFAULT_JWT_NAMESPACE,
     DEFAULT_JWT_PAYLOAD_KEY,
     DEFAULT_MAX_BODY_BYTES,
+    AnswerCacheSpec,
     ApiKeySource,
     ClusterSpec,
+    DegradedSpec,
     JwtSource,
+    ModelSpec,
     Policy,
+    PriorityBand,
+    PriorityRule,
+    RouteSpec,
     TenantSpec,
+    TierSpec,
 )
+from sidecar.domain.resilience import BreakerConfig, PoolConfig
 from sidecar.policy.yaml_source import FieldPath
 
 _KEY_DIGEST_PREFIX = "sha256:"
@@ -55,15 +63,50 @@ def _reference_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
                 "so no request can ever be identified as this tenant",
             )
     for tier_name, tier in message.tiers.items():
+        if tier.pool and tier.pool not in message.pools:
+            yield (("tiers", tier_name, "pool"), _unknown("pool", tier.pool, message.pools))
         for model_name, route in tier.routes.items():
-            path: FieldPath = ("tiers", tier_name, "routes", model_name)
+            yield from _route_problems(message, ("tiers", tier_name, "routes", model_name), route)
             if model_name not in message.models:
+                path: FieldPath = ("tiers", tier_name, "routes", model_name)
                 yield (path, _unknown("virtual model", model_name, message.models))
-            if route.cluster not in message.clusters:
-                yield (
-                    (*path, "cluster"),
-                    _unknown("cluster", route.cluster, message.clusters),
-                )
+    yield from _pool_problems(message)
+    yield from _resilience_problems(message)
+
+
+def _route_problems(message: Any, path: FieldPath, route: Any) -> Iterator[tuple[FieldPath, str]]:
+    if route.cluster not in message.clusters:
+        yield ((*path, "cluster"), _unknown("cluster", route.cluster, message.clusters))
+    seen = {route.cluster}
+    for position, cluster in enumerate(route.fallback):
+        if cluster not in message.clusters:
+            yield ((*path, "fallback", position), _unknown("cluster", cluster, message.clusters))
+        elif cluster in seen:
+            yield ((*path, "fallback", position), f"cluster '{cluster}' is already in the chain")
+        seen.add(cluster)
+
+
+def _pool_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
+    for name, pool in message.pools.items():
+        if not pool.overflow:
+            continue
+        path: FieldPath = ("pools", name, "overflow")
+        if pool.overflow == name:
+            yield (path, "a pool cannot overflow into itself")
+        elif pool.overflow not in message.pools:
+            yield (path, _unknown("pool", pool.overflow, message.pools))
+
+
+def _resilience_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
+    for name, model in message.models.items():
+        degraded = model.degraded
+        if model.HasField("degraded") and bool(degraded.message) == bool(degraded.queue):
+            yield (("models", name, "degraded"), "set exactly one of 'message' or 'queue'")
+    breakers: list[tuple[FieldPath, Any]] = [(("breaker",), message.breaker)]
+    breakers += [(("clusters", name, "breaker"), c.breaker) for name, c in message.clusters.items()]
+    for path, breaker in breakers:
+        if breaker.max_open_wait_s and breaker.open_wait_s > breaker.max_open_wait_s:
+            yield (path, "open_wait_s must not exceed max_open_wait_s")
 
 
 def _key_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
@@ -91,9 +134,14 @@ def _build(message: Any, digest: str) -> Policy:
         api_key_source=_api_key_source(message.identity.api_key),
         jwt_source=_jwt_source(message.identity) if message.identity.HasField("jwt") else None,
         clusters=MappingProxyType(
-            {ClusterName(name): _cluster(name, c) for name, c in message.clusters.items()}
+            {
+                ClusterName(name): _cluster(name, c, message.breaker)
+                for name, c in message.clusters.items()
+            }
         ),
-        models=frozenset(ModelName(name) for name in message.models),
+        models=MappingProxyType(
+            {ModelName(name): _model(name, model) for name, model in message.models.items()}
+        ),
         tenants=MappingProxyType(
             {
                 TenantId(tenant_id): TenantSpec(TenantId(tenant_id), TierName(tenant.tier))
@@ -107,27 +155,107 @@ def _build(message: Any, digest: str) -> Policy:
                 for key_digest in tenant.api_keys
             }
         ),
-        routes=MappingProxyType(
-            {
-                TierName(tier_name): MappingProxyType(
-                    {
-                        ModelName(model): ClusterName(route.cluster)
-                        for model, route in tier.routes.items()
-                    }
-                )
-                for tier_name, tier in message.tiers.items()
-            }
+        tiers=MappingProxyType(
+            {TierName(name): _tier(name, tier) for name, tier in message.tiers.items()}
         ),
+        pools=tuple(_pool(name, pool) for name, pool in sorted(message.pools.items())),
+        priority_rules=tuple(_priority_rule(rule) for rule in message.priority_rules),
     )
 
 
-def _cluster(name: str, cluster: Any) -> ClusterSpec:
+def _cluster(name: str, cluster: Any, policy_breaker: Any) -> ClusterSpec:
     return ClusterSpec(
         name=ClusterName(name),
         provider=Provider(cluster.provider),
         upstream_model=cluster.model,
         credential_env=cluster.credential_env or None,
+        breaker=_breaker(policy_breaker, cluster.breaker),
+        max_concurrent=cluster.max_concurrent or None,
     )
+
+
+def _breaker(policy_wide: Any, own: Any) -> BreakerConfig:
+    """Breaker settings: the cluster's own, else the policy's, else the defaults."""
+    defaults = BreakerConfig()
+
+    def pick(field: str, default: Any) -> Any:
+        for source in (own, policy_wide):
+            value = getattr(source, field)
+            if value:
+                return value
+        return default
+
+    return BreakerConfig(
+        window_kind=pick("window", defaults.window_kind),
+        window_size=pick("window_size", defaults.window_size),
+        minimum_calls=pick("minimum_calls", defaults.minimum_calls),
+        failure_rate_threshold=pick("failure_rate_percent", 0) / 100
+        or defaults.failure_rate_threshold,
+        slow_call_rate_threshold=pick("slow_call_rate_percent", 0) / 100
+        or defaults.slow_call_rate_threshold,
+        slow_call_s=pick("slow_call_s", defaults.slow_call_s),
+        open_wait_s=pick("open_wait_s", defaults.open_wait_s),
+        max_open_wait_s=pick("max_open_wait_s", defaults.max_open_wait_s),
+        wait_multiplier=pick("wait_multiplier", defaults.wait_multiplier),
+        half_open_trials=pick("half_open_trials", defaults.half_open_trials),
+    )
+
+
+def _model(name: str, model: Any) -> ModelSpec:
+    cache = None
+    if model.HasField("answer_cache"):
+        spec = model.answer_cache
+        cache = AnswerCacheSpec(
+            max_entries=spec.max_entries or 1000,
+            max_age_s=spec.max_age_s or 3600.0,
+            key_fields=tuple(spec.key_fields),
+            key_headers=tuple(header.lower() for header in spec.key_headers),
+            shared=spec.shared,
+        )
+    degraded = None
+    if model.HasField("degraded"):
+        spec = model.degraded
+        degraded = DegradedSpec(
+            message=spec.message or None,
+            queue_max=(spec.queue_max or 1000) if spec.queue else None,
+        )
+    return ModelSpec(ModelName(name), cache, degraded)
+
+
+def _tier(name: str, tier: Any) -> TierSpec:
+    routes = {
+        ModelName(model): RouteSpec(
+            (ClusterName(route.cluster), *(ClusterName(c) for c in route.fallback))
+        )
+        for model, route in tier.routes.items()
+    }
+    return TierSpec(TierName(name), MappingProxyType(routes), tier.pool or None, tier.priority)
+
+
+def _pool(name: str, pool: Any) -> PoolConfig:
+    return PoolConfig(
+        name=name,
+        max_concurrent=pool.max_concurrent,
+        max_waiting=pool.max_waiting,
+        max_wait_s=pool.max_wait_s,
+        min_wait_priority=pool.min_wait_priority,
+        per_tenant_max=pool.per_tenant_max or None,
+        overflow=pool.overflow or None,
+        overflow_min_priority=pool.overflow_min_priority,
+        retry_after_s=pool.retry_after_s or 1,
+    )
+
+
+def _priority_rule(rule: Any) -> PriorityRule:
+    bands = tuple(
+        PriorityBand(
+            at_least=band.at_least if band.HasField("at_least") else None,
+            below=band.below if band.HasField("below") else None,
+            adjust=band.adjust,
+        )
+        for band in rule.bands
+    )
+    return PriorityRule(rule.header, bands)
 
 
 def _api_key_source(api_key: Any) -> ApiKeySource:

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.domain.api import ApiFamily, Endpoint
 from sidecar.domain.outcome import Rejection, malformed_body
 
 
@@ -33,6 +34,13 @@ def parse_request_body(raw: bytes) -> RequestBody | Rejection:
     if not isinstance(model, str) or not model:
         return malformed_body("The request body must name a model in the 'model' field.")
     return RequestBody(document, model)
+
+
+def wants_stream(body: RequestBody, endpoint: Endpoint) -> bool:
+    """Whether the client asked for a streamed answer (Ollama streams unless told not to)."""
+    default = endpoint.family is ApiFamily.OLLAMA and endpoint is not Endpoint.OLLAMA_EMBED
+    stream = body.document.get("stream", default)
+    return stream is True
 
 
 def rewrite_model(body: RequestBody, upstream_model: str) -> bytes:

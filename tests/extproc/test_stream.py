@@ -17,7 +17,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 from google.protobuf import struct_pb2
 
+from sidecar.core.clock import FakeClock
 from sidecar.core.router import ActivePolicy
+from sidecar.engine.runtime import RoutingRuntime
 from sidecar.extproc.grpc_server import GrpcServer
 from sidecar.extproc.server import ExternalProcessorService, StreamRegistry
 from tests.waiting import wait_until
@@ -46,7 +48,8 @@ class Sidecar:
 async def sidecar(demo_active: ActivePolicy) -> AsyncIterator[Sidecar]:
     address = f"unix-abstract:ai-sidecar-test-{uuid.uuid4().hex}"
     registry = StreamRegistry()
-    server = GrpcServer(ExternalProcessorService(lambda: demo_active, registry), address, 1 << 20)
+    runtime = RoutingRuntime(demo_active, FakeClock())
+    server = GrpcServer(ExternalProcessorService(lambda: runtime, registry), address, 1 << 20)
     await server.start()
     async with grpc.aio.insecure_channel(address) as channel:
         yield Sidecar(registry, ext_proc_grpc.ExternalProcessorStub(channel))
@@ -213,7 +216,7 @@ async def test_an_internal_error_answers_500_and_serving_goes_on(
     def broken_route(*args: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("sidecar.extproc.processor.route", broken_route)
+    monkeypatch.setattr("sidecar.engine.runtime.route", broken_route)
     _, answer = await sidecar.exchange(headers(), body(chat()))
     status, error = error_of(answer)
     assert (status, error["error"]["code"]) == (500, "sidecar_internal_error")

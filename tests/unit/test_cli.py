@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from sidecar.__main__ import main
+from sidecar.core.clock import FakeClock
 from sidecar.core.identity import key_digest
 from sidecar.core.router import ActivePolicy
+from sidecar.engine.runtime import RoutingRuntime
 from sidecar.extproc.grpc_server import GrpcServer
 from sidecar.extproc.server import ExternalProcessorService, StreamRegistry
 from tests.conftest import DEMO_POLICY, ENVOY_CONFIG
@@ -71,7 +73,8 @@ def test_serve_refuses_to_start_without_a_credential_the_policy_names() -> None:
 @pytest.fixture
 async def serving_address(demo_active: ActivePolicy) -> AsyncIterator[str]:
     address = f"unix-abstract:ai-sidecar-cli-{uuid.uuid4().hex}"
-    service = ExternalProcessorService(lambda: demo_active, StreamRegistry())
+    runtime = RoutingRuntime(demo_active, FakeClock())
+    service = ExternalProcessorService(lambda: runtime, StreamRegistry())
     server = GrpcServer(service, address, 1 << 20)
     await server.start()
     yield address

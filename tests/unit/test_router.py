@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from sidecar.core.fleet import Fleet
 from sidecar.core.identity import PresentedIdentity, identify
 from sidecar.core.router import ActivePolicy, RouteRequest, route
 from sidecar.domain.api import Endpoint
@@ -154,7 +155,9 @@ ROUTE_CASES = [
 @pytest.mark.parametrize("case", ROUTE_CASES, ids=lambda case: case.why)
 def test_route(case: RouteCase, demo_active: ActivePolicy) -> None:
     tenant = demo_active.policy.tenants[TenantId(case.tenant)]
-    outcome = route(RouteRequest(tenant, case.endpoint, case.model), demo_active)
+    outcome = route(
+        RouteRequest(tenant, case.endpoint, case.model), demo_active, Fleet(demo_active.policy), 0.0
+    )
     if isinstance(outcome, Rejection):
         assert f"{outcome.status}:{outcome.code}" == case.expected
     else:
@@ -163,23 +166,33 @@ def test_route(case: RouteCase, demo_active: ActivePolicy) -> None:
         assert outcome.tier == tenant.tier
 
 
+def fleet(active: ActivePolicy) -> Fleet:
+    return Fleet(active.policy)
+
+
 def test_decision_carries_the_clusters_credential(demo_active: ActivePolicy) -> None:
     paid = demo_active.policy.tenants[TenantId("demo-paid")]
-    decision = route(RouteRequest(paid, Endpoint.OPENAI_CHAT, "chat"), demo_active)
+    decision = route(
+        RouteRequest(paid, Endpoint.OPENAI_CHAT, "chat"), demo_active, fleet(demo_active), 0.0
+    )
     assert isinstance(decision, Decision)
     assert decision.credential == Secret("sk-upstream-openai-demo")
 
 
 def test_a_cluster_without_credential_env_gets_none(demo_active: ActivePolicy) -> None:
     free = demo_active.policy.tenants[TenantId("demo-free")]
-    decision = route(RouteRequest(free, Endpoint.OLLAMA_CHAT, "local"), demo_active)
+    decision = route(
+        RouteRequest(free, Endpoint.OLLAMA_CHAT, "local"), demo_active, fleet(demo_active), 0.0
+    )
     assert isinstance(decision, Decision)
     assert decision.credential is None
 
 
 def test_a_tier_missing_from_routes_rejects_rather_than_raising(demo_active: ActivePolicy) -> None:
     stranger = TenantSpec(TenantId("ghost"), TierName("no-such-tier"))
-    outcome = route(RouteRequest(stranger, Endpoint.OPENAI_CHAT, "chat"), demo_active)
+    outcome = route(
+        RouteRequest(stranger, Endpoint.OPENAI_CHAT, "chat"), demo_active, fleet(demo_active), 0.0
+    )
     assert isinstance(outcome, Rejection)
     assert outcome.status == 403
 

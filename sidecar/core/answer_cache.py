@@ -1,0 +1,84 @@
+"""A bounded, expiring cache of earlier answers, keyed by what makes a request the same.
+
+Entries are evicted least-recently-used beyond ``max_entries`` and ignored after
+``max_age_s``. The key is a digest of the fields the policy names (or the whole body
+but ``stream``), the trusted headers it names, the virtual model, and the tenant
+unless the cache is shared. Pure: ``now`` comes from the caller.
+"""
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.domain.ids import ModelName, TenantId
+from sidecar.domain.policy import AnswerCacheSpec
+
+_NEVER_IN_KEY = frozenset({"stream", "stream_options"})
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    """An earlier answer: the assistant's text, the model that wrote it, and when."""
+
+    text: str
+    model: str
+    stored_at: float
+
+
+def cache_key(
+    spec: AnswerCacheSpec,
+    tenant: TenantId,
+    model: ModelName,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+) -> str:
+    """The digest under which answers to this request are stored."""
+    if spec.key_fields:
+        fields = {name: body.get(name) for name in spec.key_fields}
+    else:
+        fields = {name: value for name, value in body.items() if name not in _NEVER_IN_KEY}
+    fields.pop("model", None)
+    material = {
+        "scope": "" if spec.shared else tenant,
+        "model": model,
+        "fields": fields,
+        "headers": {name: headers.get(name) for name in spec.key_headers},
+    }
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class AnswerCache:
+    """Answers by key, bounded in count and age."""
+
+    def __init__(self, max_entries: int, max_age_s: float) -> None:
+        self._entries: OrderedDict[str, CachedAnswer] = OrderedDict()
+        self._max_entries = max_entries
+        self._max_age_s = max_age_s
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str, now: float) -> CachedAnswer | None:
+        """The answer under ``key`` if it is young enough; counts a hit or a miss."""
+        answer = self._entries.get(key)
+        if answer is None or now - answer.stored_at > self._max_age_s:
+            if answer is not None:
+                del self._entries[key]
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return answer
+
+    def put(self, key: str, answer: CachedAnswer) -> None:
+        """Keep ``answer``, dropping the least recently used beyond the bound."""
+        self._entries[key] = answer
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)

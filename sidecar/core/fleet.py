@@ -1,0 +1,101 @@
+"""Live state of the fleet: a breaker and an in-flight count per cluster, and the pools.
+
+One :class:`Fleet` per policy. It answers the pipeline's read-only questions
+(:class:`sidecar.core.pipeline.FleetView`) and keeps the books when a call starts and
+ends. Pure: ``now`` comes in from the caller; transitions go out as values and are
+also kept (the most recent ones) for the admin view.
+"""
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.core.breaker import Admission, CallResult, CircuitBreaker, Permit, Transition
+from sidecar.core.bulkhead import PoolSet
+from sidecar.domain.ids import ClusterName
+from sidecar.domain.policy import Policy
+
+RECENT_TRANSITIONS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class CallStarted:
+    """A call under way to a cluster: the breaker's permit, or why there is none."""
+
+    permit: Permit | None
+    transitions: tuple[Transition, ...]
+
+
+class Fleet:
+    """Breakers, in-flight counts and bulkhead pools of one policy's clusters."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.breakers = {
+            name: CircuitBreaker(name, spec.breaker) for name, spec in policy.clusters.items()
+        }
+        self._limits = {name: spec.max_concurrent for name, spec in policy.clusters.items()}
+        self._in_flight = dict.fromkeys(policy.clusters, 0)
+        self.pools = PoolSet(list(policy.pools))
+        self.recent_transitions: deque[Transition] = deque(maxlen=RECENT_TRANSITIONS)
+
+    def breaker_admits(self, cluster: ClusterName, now: float) -> bool:
+        return self.breakers[cluster].would_admit(now)
+
+    def cluster_full(self, cluster: ClusterName) -> bool:
+        limit = self._limits[cluster]
+        return limit is not None and self._in_flight[cluster] >= limit
+
+    def start_call(self, cluster: ClusterName, now: float) -> CallStarted:
+        """Take the breaker's permit and count the call in flight."""
+        admission: Admission = self.breakers[cluster].admit(now)
+        self._keep(admission.transitions)
+        if admission.permit is not None:
+            self._in_flight[cluster] += 1
+        return CallStarted(admission.permit, admission.transitions)
+
+    def finish_call(
+        self, permit: Permit, result: CallResult | None, now: float
+    ) -> tuple[Transition, ...]:
+        """End a call: count its outcome (None: it ended without one)."""
+        self._in_flight[permit.cluster] -= 1
+        breaker = self.breakers[permit.cluster]
+        if result is None:
+            breaker.abandon(permit)
+            return ()
+        transitions = breaker.record(permit, result, now)
+        self._keep(transitions)
+        return transitions
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """Breakers, load and pools as plain data, for the admin state view."""
+        clusters = {}
+        for name, breaker in self.breakers.items():
+            calls, failure_rate, slow_rate = breaker.rates(now)
+            clusters[name] = {
+                "breaker": breaker.state.value,
+                "reason": breaker.last_reason,
+                "window_calls": calls,
+                "failure_rate": round(failure_rate, 4),
+                "slow_call_rate": round(slow_rate, 4),
+                "open_for_s": round(max(breaker.open_until - now, 0.0), 3),
+                "consecutive_trips": breaker.consecutive_trips,
+                "in_flight": self._in_flight[name],
+                "max_concurrent": self._limits[name],
+            }
+        return {
+            "clusters": clusters,
+            "pools": self.pools.snapshot(),
+            "recent_transitions": [
+                {
+                    "cluster": t.cluster,
+                    "from": t.old.value,
+                    "to": t.new.value,
+                    "reason": t.reason,
+                    "at": round(t.at, 3),
+                }
+                for t in self.recent_transitions
+            ],
+        }
+
+    def _keep(self, transitions: tuple[Transition, ...]) -> None:
+        self.recent_transitions.extend(transitions)

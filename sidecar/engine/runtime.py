@@ -1,0 +1,151 @@
+"""The routing runtime: one active policy and the live state that goes with it.
+
+A processor asks the runtime to admit a request into its pool (waiting if the pool
+says so), to decide its cluster, to start and finish the upstream call, and to find
+or keep earlier answers. Every slot and permit it hands out must come back through
+:meth:`release_slot` and :meth:`finish_call`; the processor does that when its
+stream ends, whatever ends it.
+"""
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.core.answer_cache import AnswerCache
+from sidecar.core.breaker import CallResult, Permit, Transition
+from sidecar.core.bulkhead import Ask, Slot, Verdict
+from sidecar.core.clock import Clock
+from sidecar.core.degraded_queue import DegradedQueue
+from sidecar.core.fleet import Fleet
+from sidecar.core.router import ActivePolicy, RouteRequest, Unavailable, route
+from sidecar.domain.ids import ModelName
+from sidecar.domain.outcome import Decision, Rejection
+
+log = logging.getLogger("sidecar.resilience")
+
+
+@dataclass(frozen=True, slots=True)
+class Shed:
+    """A request the pool would not take: why, and the status and wait to tell the client."""
+
+    status: int
+    reason: str
+    retry_after_s: int
+
+
+class RoutingRuntime:
+    """Live state for one active policy, and the waiting around it."""
+
+    def __init__(self, active: ActivePolicy, clock: Clock) -> None:
+        self.active = active
+        self.clock = clock
+        self.fleet = Fleet(active.policy)
+        self._tickets = itertools.count(1)
+        self._waiters: dict[int, asyncio.Future[Slot | Shed]] = {}
+        self.caches = {
+            name: AnswerCache(spec.answer_cache.max_entries, spec.answer_cache.max_age_s)
+            for name, spec in active.policy.models.items()
+            if spec.answer_cache is not None
+        }
+        self.queues = {
+            name: DegradedQueue(spec.degraded.queue_max)
+            for name, spec in active.policy.models.items()
+            if spec.degraded is not None and spec.degraded.queue_max is not None
+        }
+
+    def new_ask(self, tenant: Any, priority: int) -> Ask:
+        return Ask(next(self._tickets), tenant, priority)
+
+    async def admit(self, pool: str, ask: Ask) -> Slot | Shed:
+        """A slot in ``pool`` for ``ask``, waiting up to the pool's limit if it says so."""
+        outcome = self.fleet.pools.acquire(pool, ask)
+        self._shed_evicted(pool, outcome.evicted)
+        if outcome.verdict is Verdict.GRANTED:
+            assert outcome.slot is not None
+            return outcome.slot
+        if outcome.verdict is Verdict.SHED:
+            status = 429 if outcome.too_many_for_tenant else 503
+            return Shed(status, outcome.reason, outcome.retry_after_s)
+        return await self._wait_for_slot(pool, ask)
+
+    def release_slot(self, slot: Slot) -> None:
+        """Give a slot back; hand freed slots to waiters (or back, if they left)."""
+        for granted in self.fleet.pools.release(slot):
+            waiter = self._waiters.pop(granted.ask.ticket, None)
+            if waiter is None or waiter.done():
+                self.release_slot(granted)
+            else:
+                waiter.set_result(granted)
+
+    def decide(self, request: RouteRequest) -> Decision | Rejection | Unavailable:
+        return route(request, self.active, self.fleet, self.clock.now())
+
+    def start_call(self, decision: Decision) -> Permit | None:
+        started = self.fleet.start_call(decision.cluster, self.clock.now())
+        self._log_transitions(started.transitions)
+        return started.permit
+
+    def finish_call(self, permit: Permit, result: CallResult | None) -> None:
+        self._log_transitions(self.fleet.finish_call(permit, result, self.clock.now()))
+
+    def cache_for(self, model: ModelName) -> AnswerCache | None:
+        return self.caches.get(model)
+
+    def queue_for(self, model: ModelName) -> DegradedQueue | None:
+        return self.queues.get(model)
+
+    def snapshot(self) -> dict[str, Any]:
+        state = self.fleet.snapshot(self.clock.now())
+        state["answer_caches"] = {
+            name: {"entries": len(cache), "hits": cache.hits, "misses": cache.misses}
+            for name, cache in self.caches.items()
+        }
+        state["degraded_queues"] = {
+            name: {"queued": len(queue), "capacity": queue.capacity}
+            for name, queue in self.queues.items()
+        }
+        return state
+
+    async def _wait_for_slot(self, pool: str, ask: Ask) -> Slot | Shed:
+        waiter: asyncio.Future[Slot | Shed] = asyncio.get_running_loop().create_future()
+        self._waiters[ask.ticket] = waiter
+        max_wait = self.fleet.pools.max_wait_s(pool)
+        try:
+            async with asyncio.timeout(max_wait):
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            if waiter.done():
+                return waiter.result()
+            return Shed(503, f"no slot in pool '{pool}' within {max_wait:g}s", self._retry(pool))
+        except BaseException:
+            # Cancelled (the stream ended) just as a slot arrived: give it back.
+            if waiter.done() and isinstance(granted := waiter.result(), Slot):
+                self.release_slot(granted)
+            raise
+        finally:
+            self._waiters.pop(ask.ticket, None)
+            if not waiter.done():
+                self.fleet.pools.cancel_wait(pool, ask.ticket)
+                waiter.cancel()
+
+    def _shed_evicted(self, pool: str, evicted: tuple[Ask, ...]) -> None:
+        for ask in evicted:
+            waiter = self._waiters.pop(ask.ticket, None)
+            if waiter is not None and not waiter.done():
+                reason = f"pool '{pool}' is full; a higher-priority request took the place"
+                waiter.set_result(Shed(503, reason, self._retry(pool)))
+
+    def _retry(self, pool: str) -> int:
+        return self.fleet.pools.retry_after_s(pool)
+
+    def _log_transitions(self, transitions: tuple[Transition, ...]) -> None:
+        for transition in transitions:
+            log.warning(
+                "breaker %s: %s -> %s",
+                transition.cluster,
+                transition.old.value,
+                transition.new.value,
+                extra={"cluster": transition.cluster, "reason": transition.reason},
+            )
