@@ -63,7 +63,10 @@ def _parser() -> argparse.ArgumentParser:
         help=f"gRPC address: host:port, unix:/path or unix-abstract:name ({DEFAULT_LISTEN})",
     )
     serve.add_argument(
-        "--admin", default=DEFAULT_ADMIN, help=f"admin HTTP host:port, or 'off' ({DEFAULT_ADMIN})"
+        "--admin",
+        default=DEFAULT_ADMIN,
+        type=_admin_address,
+        help=f"admin HTTP host:port, or 'off' ({DEFAULT_ADMIN})",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.add_argument(
@@ -83,6 +86,16 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--address", default=DEFAULT_LISTEN, help="gRPC target to ask")
     health.add_argument("--timeout", type=float, default=2.0)
     return parser
+
+
+def _admin_address(value: str) -> str:
+    """``host:port`` (IPv6 hosts in brackets) or ``off``; refused clearly otherwise."""
+    if value == "off":
+        return value
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected host:port or 'off', got {value!r}")
+    return value
 
 
 def _check_command(args: argparse.Namespace) -> int:
@@ -157,8 +170,9 @@ def _serve_command(args: argparse.Namespace) -> int:
     active = ActivePolicy(policy, credentials)
     try:
         asyncio.run(_serve(options, active))
-    except OSError as error:
+    except (OSError, RuntimeError) as error:
         log.error("cannot start: %s", error)
+        print(f"cannot start: {error}", file=sys.stderr)
         return 1
     return 0
 
@@ -199,7 +213,11 @@ async def _start_admin(address: str | None, state_view: Any, is_ready: Any) -> w
     host, _, port = address.rpartition(":")
     runner = web.AppRunner(build_admin_app(state_view, is_ready), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+    try:
+        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+    except OSError as error:
+        await runner.cleanup()
+        raise OSError(f"cannot listen on admin address {address}: {error.strerror}") from None
     return runner
 
 

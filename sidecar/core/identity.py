@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sidecar.domain.ids import TenantId
 from sidecar.domain.outcome import (
     Rejection,
+    invalid_token,
     missing_credentials,
     unknown_api_key,
     unknown_token_tenant,
@@ -24,11 +25,13 @@ class PresentedIdentity:
     """What a request carries that may identify its tenant.
 
     ``api_key_header`` is the raw value of the policy's API key header;
-    ``verified_claims`` is the payload of a token Envoy verified, or None.
+    ``verified_claims`` is the payload of a token Envoy verified, or None;
+    ``token_failure`` is why Envoy did not accept a token, when it says so.
     """
 
     api_key_header: str | None
     verified_claims: Mapping[str, object] | None
+    token_failure: str | None = None
 
 
 def key_digest(api_key: str) -> str:
@@ -47,6 +50,8 @@ def identify(presented: PresentedIdentity, policy: Policy) -> TenantSpec | Rejec
     api_key = _extract_key(presented.api_key_header, policy.api_key_source)
     if api_key is None:
         return missing_credentials()
+    if presented.token_failure is not None and _looks_like_jwt(api_key):
+        return invalid_token(presented.token_failure)
     tenant_id = policy.tenant_by_key_digest.get(key_digest(api_key))
     if tenant_id is None:
         return unknown_api_key()
@@ -61,6 +66,11 @@ def _tenant_from_claims(claims: Mapping[str, object], policy: Policy) -> TenantS
     if tenant is None:
         return unknown_token_tenant(claim)
     return tenant
+
+
+def _looks_like_jwt(value: str) -> bool:
+    """Three dot-separated parts, as a JWT has; API keys have none."""
+    return value.count(".") == 2
 
 
 def _extract_key(header_value: str | None, source: ApiKeySource) -> str | None:

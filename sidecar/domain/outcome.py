@@ -63,6 +63,16 @@ def unknown_api_key() -> Rejection:
     return Rejection(401, "authentication_error", "invalid_api_key", "Incorrect API key provided.")
 
 
+def invalid_token(reason: str) -> Rejection:
+    """A bearer token that is a JWT was presented, and Envoy did not accept it."""
+    return Rejection(
+        401,
+        "authentication_error",
+        "invalid_token",
+        f"The bearer token was not accepted: {reason}.",
+    )
+
+
 def unknown_token_tenant(claim: str) -> Rejection:
     """A verified token names a tenant the policy does not know."""
     return Rejection(

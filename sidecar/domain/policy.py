@@ -15,6 +15,7 @@ DEFAULT_CLUSTER_HEADER = "x-ai-sidecar-cluster"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_JWT_NAMESPACE = "envoy.filters.http.jwt_authn"
 DEFAULT_JWT_PAYLOAD_KEY = "jwt_payload"
+DEFAULT_JWT_FAILURE_KEY = "jwt_failure"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,7 @@ class JwtSource:
     metadata_namespace: str
     payload_key: str
     tenant_claim: str
+    failure_key: str = DEFAULT_JWT_FAILURE_KEY
 
 
 @dataclass(frozen=True, slots=True)

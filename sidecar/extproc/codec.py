@@ -64,6 +64,18 @@ def read_verified_claims(metadata_context: Any, source: JwtSource | None) -> dic
     return claims
 
 
+def read_token_failure(metadata_context: Any, source: JwtSource | None) -> str | None:
+    """Why Envoy's jwt_authn filter did not accept a token, if it says so."""
+    if source is None:
+        return None
+    namespace = metadata_context.filter_metadata.get(source.metadata_namespace)
+    if namespace is None or source.failure_key not in namespace.fields:
+        return None
+    failure = namespace.fields[source.failure_key].struct_value.fields
+    message = failure["message"].string_value if "message" in failure else ""
+    return message or "the token was not verified"
+
+
 def continue_request_headers() -> Any:
     """Let the request headers through unchanged; the body comes next."""
     return ext_proc.ProcessingResponse(request_headers=ext_proc.HeadersResponse())
@@ -128,27 +140,38 @@ def mark_response(rung: str, buffer_body: bool) -> Any:
     return response
 
 
+CLIENT_IDENTITY_HEADERS = (
+    "authorization",
+    "proxy-authorization",
+    "api-key",
+    "x-api-key",
+    "openai-organization",
+    "openai-project",
+    "cookie",
+)
+"""Headers that carry a client's identity or pick what a provider bills; never sent upstream."""
+
+
 def route_request_body(
     decision: Decision, body: bytes, cluster_header: str, client_key_header: str
 ) -> Any:
     """Send the request to ``decision.cluster`` with ``body`` and the cluster's credential.
 
     Sets the routing header and asks Envoy to clear its route cache so the route is
-    chosen again; the client's key header is removed and, when the cluster has a
-    credential, ``authorization`` carries it instead.
+    chosen again. Every header that carries the client's identity (its key header,
+    cookies, provider organization and project headers) is removed; when the cluster
+    has a credential, ``authorization`` carries it instead.
     """
     set_headers = [
         _header(cluster_header, decision.cluster),
         _header("content-length", str(len(body))),
+        _header("content-type", "application/json"),
     ]
-    remove_headers = [client_key_header]
+    removed = dict.fromkeys((client_key_header, *CLIENT_IDENTITY_HEADERS))
     if decision.credential is not None:
         set_headers.append(_header("authorization", f"Bearer {decision.credential.reveal()}"))
-        if client_key_header == "authorization":
-            remove_headers = []
-    elif client_key_header != "authorization":
-        remove_headers.append("authorization")
-    mutation = ext_proc.HeaderMutation(set_headers=set_headers, remove_headers=remove_headers)
+        removed.pop("authorization", None)
+    mutation = ext_proc.HeaderMutation(set_headers=set_headers, remove_headers=list(removed))
     return ext_proc.ProcessingResponse(
         request_body=ext_proc.BodyResponse(
             response=ext_proc.CommonResponse(

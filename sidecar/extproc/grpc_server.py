@@ -32,7 +32,11 @@ class GrpcServer:
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(service, self._server)
-        if self._server.add_insecure_port(address) == 0:
+        try:
+            bound = self._server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise OSError(f"cannot listen on {address}: {error}") from None
+        if bound == 0:
             raise OSError(f"cannot listen on {address}")
         self.address = address
 
@@ -46,7 +50,3 @@ class GrpcServer:
         """Report NOT_SERVING, then let open streams finish for up to ``grace_s``."""
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace_s)
-
-    async def wait(self) -> None:
-        """Return when the server has stopped."""
-        await self._server.wait_for_termination()

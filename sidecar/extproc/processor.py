@@ -111,6 +111,7 @@ class StreamProcessor:
         presented = PresentedIdentity(
             api_key_header=head.headers.get(policy.api_key_source.header),
             verified_claims=codec.read_verified_claims(message.metadata_context, policy.jwt_source),
+            token_failure=codec.read_token_failure(message.metadata_context, policy.jwt_source),
         )
         tenant = identify(presented, policy)
         if isinstance(tenant, Rejection):

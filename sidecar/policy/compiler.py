@@ -72,6 +72,27 @@ def _reference_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
                 yield (path, _unknown("virtual model", model_name, message.models))
     yield from _pool_problems(message)
     yield from _resilience_problems(message)
+    yield from _header_problems(message)
+
+
+_RESERVED_HEADERS = frozenset(
+    {"authorization", "content-length", "content-type", "host", "cookie", "transfer-encoding"}
+)
+
+
+def _header_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
+    routing_header = message.routing.cluster_header or DEFAULT_CLUSTER_HEADER
+    if routing_header in _RESERVED_HEADERS or routing_header.startswith("x-envoy-"):
+        yield (
+            ("routing", "cluster_header"),
+            f"'{routing_header}' is a header with another meaning; use a header of your own",
+        )
+    key_header = message.identity.api_key.header or "authorization"
+    if key_header == routing_header:
+        yield (("identity", "api_key", "header"), "must differ from routing.cluster_header")
+    scheme = message.identity.api_key.scheme
+    if scheme != scheme.strip() or " " in scheme.strip():
+        yield (("identity", "api_key", "scheme"), f"'{scheme}' must be one word, like Bearer")
 
 
 def _route_problems(message: Any, path: FieldPath, route: Any) -> Iterator[tuple[FieldPath, str]]:

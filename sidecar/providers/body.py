@@ -21,19 +21,43 @@ class RequestBody:
 
 
 def parse_request_body(raw: bytes) -> RequestBody | Rejection:
-    """Parse ``raw`` as a JSON object with a non-empty string ``model``."""
+    """Parse ``raw`` as a UTF-8 JSON object with a non-empty string ``model``.
+
+    Anything a strict JSON reader would refuse is refused here too, so it never reaches
+    an upstream: invalid UTF-8, ``NaN`` and ``Infinity``, numbers too long to read, and
+    nesting too deep to follow.
+    """
     if not raw:
         return malformed_body("The request body is empty; send a JSON object.")
     try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as error:
-        return malformed_body(f"The request body is not valid JSON: {_json_reason(error)}.")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return malformed_body("The request body is not UTF-8 text.")
+    try:
+        document = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno} column {error.colno}"
+        return malformed_body(f"The request body is not valid JSON: {error.msg} at {where}.")
+    except _NotJsonError as error:
+        return malformed_body(f"The request body is not valid JSON: {error}.")
+    except ValueError:
+        return malformed_body("The request body has a number too long to read.")
+    except RecursionError:
+        return malformed_body("The request body is nested too deeply.")
     if not isinstance(document, dict):
         return malformed_body("The request body must be a JSON object.")
     model = document.get("model")
     if not isinstance(model, str) or not model:
         return malformed_body("The request body must name a model in the 'model' field.")
     return RequestBody(document, model)
+
+
+class _NotJsonError(ValueError):
+    """A token Python's reader accepts but JSON does not."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJsonError(f"{name} is not a JSON value")
 
 
 def wants_stream(body: RequestBody, endpoint: Endpoint) -> bool:
@@ -44,13 +68,14 @@ def wants_stream(body: RequestBody, endpoint: Endpoint) -> bool:
 
 
 def rewrite_model(body: RequestBody, upstream_model: str) -> bytes:
-    """Serialize ``body`` with its ``model`` replaced by ``upstream_model``."""
+    """Serialize ``body`` with its ``model`` replaced by ``upstream_model``.
+
+    Text is kept as UTF-8; a body holding lone surrogates (valid as JSON escapes,
+    not as UTF-8) is written with ASCII escapes instead, which says the same.
+    """
     document = dict(body.document)
     document["model"] = upstream_model
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def _json_reason(error: ValueError) -> str:
-    if isinstance(error, json.JSONDecodeError):
-        return f"{error.msg} at line {error.lineno} column {error.colno}"
-    return "it is not UTF-8 text"
+    try:
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(document, separators=(",", ":")).encode("ascii")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sidecar_demo.tokens import mint_token
+from sidecar_demo.tokens import DEMO_JWT_SECRET, mint_token
 from tests.e2e.conftest import ENVOY, Harness, jwt_for
 from tests.waiting import wait_until
 
@@ -32,11 +32,14 @@ UPSTREAM_CREDENTIALS = {
 async def test_each_tier_reaches_its_own_cluster_with_the_model_rewritten(
     harness: Harness, key: str, cluster: str, upstream_model: str
 ) -> None:
-    async with await harness.chat(key) as response:
+    identity = {"openai-organization": "org-client", "cookie": "session=1", "x-api-key": key}
+    async with await harness.chat(key, headers=identity) as response:
         assert response.status == 200
+        assert response.headers["x-ai-sidecar-rung"] == "primary"
         answer = await response.json()
     assert answer["model"] == upstream_model
     (seen,) = await harness.recorded(cluster)
+    assert not {"openai-organization", "cookie", "x-api-key"} & set(seen["headers"])
     assert seen["json"]["model"] == upstream_model
     assert seen["json"]["messages"] == [{"role": "user", "content": "Hello"}]
     assert int(seen["headers"]["content-length"]) == seen["body_bytes"]
@@ -60,11 +63,36 @@ async def test_a_verified_jwt_names_the_tenant(harness: Harness) -> None:
     assert seen["headers"]["authorization"] == UPSTREAM_CREDENTIALS["openai-premium"]
 
 
-async def test_a_jwt_signed_with_another_key_identifies_nobody(harness: Harness) -> None:
-    forged = mint_token({"iss": "demo-issuer", "tenant": "demo-enterprise"}, secret=b"guess")
-    async with await harness.chat(None, headers={"authorization": f"Bearer {forged}"}) as response:
+@pytest.mark.parametrize(
+    ("claims", "secret", "reason"),
+    [
+        (
+            {"iss": "demo-issuer", "tenant": "demo-enterprise", "exp": 4102444800},
+            b"guess",
+            "Jwt verification fails",
+        ),
+        (
+            {"iss": "demo-issuer", "tenant": "demo-enterprise"},
+            DEMO_JWT_SECRET,
+            "Jwt is missing the expiration",
+        ),
+        (
+            {"iss": "demo-issuer", "tenant": "demo-enterprise", "exp": 1000},
+            DEMO_JWT_SECRET,
+            "Jwt is expired",
+        ),
+    ],
+    ids=["forged", "no expiry", "expired"],
+)
+async def test_a_jwt_envoy_refuses_identifies_nobody_and_says_why(
+    harness: Harness, claims: dict[str, Any], secret: bytes, reason: str
+) -> None:
+    token = mint_token(claims, secret=secret)
+    async with await harness.chat(None, headers={"authorization": f"Bearer {token}"}) as response:
         assert response.status == 401
-        assert (await response.json())["error"]["code"] == "invalid_api_key"
+        error = (await response.json())["error"]
+    assert error["code"] == "invalid_token"
+    assert reason.lower() in error["message"].lower()
 
 
 async def test_a_verified_jwt_for_an_unknown_tenant_is_refused(harness: Harness) -> None:
@@ -202,6 +230,27 @@ async def test_errors_on_the_ollama_api_use_its_shape(harness: Harness) -> None:
         assert await response.json() == {
             "error": "No API key provided. Send it as 'Authorization: Bearer <key>'."
         }
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/v1/models", 404),
+        ("/v1/chat/completions/", 404),
+        ("/V1/chat/completions", 404),
+        ("/api/embeddings", 404),
+        ("/v1/chat%2Fcompletions", 400),
+    ],
+)
+async def test_ai_looking_paths_the_sidecar_does_not_know_are_refused(
+    harness: Harness, path: str, status: int
+) -> None:
+    headers = {"authorization": "Bearer sk-demo-paid"}
+    async with harness.http.post(
+        f"{ENVOY}{path}", json={"model": "chat"}, headers=headers
+    ) as response:
+        assert response.status == status
+    assert await harness.recorded("passthrough") == [], "the key must not reach passthrough"
 
 
 async def test_non_ai_paths_pass_through_untouched_and_unbuffered(harness: Harness) -> None:

@@ -111,8 +111,12 @@ async def test_a_routed_request_gets_cluster_model_and_credential(sidecar: Sidec
     assert set_headers(second) == {
         "x-ai-sidecar-cluster": "openai-premium",
         "content-length": str(len(common.body_mutation.body)),
+        "content-type": "application/json",
         "authorization": "Bearer sk-upstream-openai-demo",
     }
+    removed = set(common.header_mutation.remove_headers)
+    assert "authorization" not in removed, "it is overwritten with the cluster's credential"
+    assert {"x-api-key", "openai-organization", "cookie"} <= removed
     assert common.clear_route_cache
 
 
@@ -120,7 +124,7 @@ async def test_a_cluster_without_credential_gets_the_client_key_removed(sidecar:
     _, second = await sidecar.exchange(headers(), body(chat("local")))
     assert set_headers(second)["x-ai-sidecar-cluster"] == "ollama-local"
     assert "authorization" not in set_headers(second)
-    assert list(second.request_body.response.header_mutation.remove_headers) == ["authorization"]
+    assert "authorization" in second.request_body.response.header_mutation.remove_headers
 
 
 async def test_a_verified_token_claim_identifies_the_tenant(sidecar: Sidecar) -> None:
@@ -151,7 +155,31 @@ ERROR_CASES = [
     ),
     ("body over the limit", [headers(), body(b"x" * ((1 << 20) + 1))], 413, "request_too_large"),
     ("not JSON", [headers(), body(b"model=chat")], 400, "invalid_body"),
-    ("not UTF-8", [headers(), body(b"\xff\xfe{}")], 400, "invalid_body"),
+    ("not UTF-8", [headers(), body(b'{"model": "\xc3\x28"}')], 400, "invalid_body"),
+    (
+        "UTF-16 is not UTF-8",
+        [headers(), body('{"model": "chat"}'.encode("utf-16"))],
+        400,
+        "invalid_body",
+    ),
+    (
+        "NaN is not JSON",
+        [headers(), body(b'{"model": "chat", "temperature": NaN}')],
+        400,
+        "invalid_body",
+    ),
+    (
+        "a number too long to read",
+        [headers(), body(b'{"model": "chat", "n": ' + b"9" * 5000 + b"}")],
+        400,
+        "invalid_body",
+    ),
+    (
+        "nesting too deep",
+        [headers(), body(b'{"model": "chat", "x": ' + b"[" * 100000 + b"]" * 100000 + b"}")],
+        400,
+        "invalid_body",
+    ),
     ("JSON but not an object", [headers(), body([1, 2])], 400, "invalid_body"),
     ("no model", [headers(), body({"messages": []})], 400, "invalid_body"),
     ("model not a string", [headers(), body({"model": 3})], 400, "invalid_body"),
@@ -184,6 +212,14 @@ async def test_bad_requests_get_a_status_and_an_openai_error(
     assert (got_status, error["error"]["code"]) == (status, code)
     assert set(error["error"]) == {"message", "type", "param", "code"}
     assert error["error"]["message"]
+
+
+async def test_lone_surrogates_are_forwarded_as_json_escapes(sidecar: Sidecar) -> None:
+    raw = b'{"model": "chat", "messages": [{"role": "user", "content": "\\ud800"}]}'
+    _, second = await sidecar.exchange(headers(), body(raw))
+    rewritten = second.request_body.response.body_mutation.body
+    assert b"\\ud800" in rewritten
+    assert json.loads(rewritten)["messages"][0]["content"] == "\ud800"
 
 
 async def test_ollama_paths_get_errors_in_ollama_shape(sidecar: Sidecar) -> None:

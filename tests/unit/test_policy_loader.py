@@ -147,6 +147,23 @@ def test_bad_policies_are_refused_with_file_line_and_field(case: BadCase) -> Non
     assert any(line.startswith("bad.yaml" + case.expected) for line in rendered), rendered
 
 
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("routing: {cluster_header: authorization}\n", "is a header with another meaning"),
+        ("routing: {cluster_header: x-envoy-upstream}\n", "is a header with another meaning"),
+        (
+            "routing: {cluster_header: x-key}\nidentity: {api_key: {header: x-key}}\n",
+            "must differ from routing.cluster_header",
+        ),
+        ("identity: {api_key: {scheme: 'Bearer '}}\n", "must be one word"),
+    ],
+)
+def test_header_settings_that_would_break_routing_are_refused(section: str, expected: str) -> None:
+    with pytest.raises(PolicyError, match=expected):
+        parse_policy(GOOD + section, "bad.yaml")
+
+
 def test_one_key_held_by_two_tenants_is_refused() -> None:
     text = GOOD + '  other:\n    tier: free\n    api_keys: ["sha256:%s"]\n' % ("a" * 64)
     with pytest.raises(PolicyError) as caught:
@@ -168,6 +185,29 @@ def test_a_tenant_nobody_can_identify_is_refused() -> None:
     text = GOOD.replace('    api_keys: ["sha256:' + "a" * 64 + '"]\n', "")
     with pytest.raises(PolicyError, match="no request can ever be identified"):
         parse_policy(text, "bad.yaml")
+
+
+def test_yaml_aliases_are_refused_even_self_referencing_ones() -> None:
+    with pytest.raises(PolicyError, match="aliases") as caught:
+        parse_policy("version: 1\nclusters: &c {self: *c}\n", "bad.yaml")
+    assert len(caught.value.problems) == 1
+
+
+def test_an_alias_bomb_is_refused_at_once() -> None:
+    layers = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for name, previous in zip("bcdefgh", "abcdefg", strict=True):
+        layers.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]")
+    with pytest.raises(PolicyError, match="aliases") as caught:
+        parse_policy("\n".join(layers) + "\n", "bomb.yaml")
+    assert len(caught.value.problems) == 7, "one problem per aliased node"
+
+
+def test_yes_and_no_stay_names_as_in_yaml_1_2() -> None:
+    text = GOOD.replace("  free:\n    routes:", "  no:\n    routes:").replace(
+        "tier: free", "tier: no"
+    )
+    policy = parse_policy(text, "good.yaml")
+    assert "no" in policy.tiers
 
 
 def test_an_empty_file_is_refused() -> None:

@@ -20,6 +20,7 @@ class IdentityCase:
     header: str | None
     claims: dict[str, object] | None
     expected: str  # a tenant id, or "401:<code>"
+    token_failure: str | None = None
 
 
 IDENTITY_CASES = [
@@ -63,12 +64,26 @@ IDENTITY_CASES = [
         "401:unknown_tenant",
     ),
     IdentityCase("a token without the claim", None, {"sub": "x"}, "401:unknown_tenant"),
+    IdentityCase(
+        "a JWT Envoy refused is reported as such, not as a wrong key",
+        "Bearer aaa.bbb.ccc",
+        None,
+        "401:invalid_token",
+        token_failure="Jwt is expired",
+    ),
+    IdentityCase(
+        "an API key is judged as a key even when Envoy noted 'not a JWT'",
+        "Bearer sk-demo-free",
+        None,
+        "demo-free",
+        token_failure="Jwt is not in the form of Header.Payload.Signature",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", IDENTITY_CASES, ids=lambda case: case.why)
 def test_identify(case: IdentityCase, demo_policy: Policy) -> None:
-    outcome = identify(PresentedIdentity(case.header, case.claims), demo_policy)
+    outcome = identify(PresentedIdentity(case.header, case.claims, case.token_failure), demo_policy)
     if isinstance(outcome, Rejection):
         assert f"{outcome.status}:{outcome.code}" == case.expected
         assert "sk-" not in outcome.message, "a rejection must never echo a key"
