@@ -37,7 +37,7 @@ def test_the_demo_policy_compiles() -> None:
     policy = load_policy(DEMO_POLICY)
     assert set(policy.tenants) == {"demo-free", "demo-paid", "demo-enterprise", "demo-sso"}
     assert policy.clusters["ollama-local"].provider is Provider.OLLAMA
-    assert policy.tiers["free"].routes["chat"].chain == ("openai-cheap",)
+    assert policy.tiers["free"].routes["chat"].chain == ("openai-cheap", "ollama-local")
     assert policy.jwt_source is not None
     assert policy.jwt_source.metadata_namespace == "envoy.filters.http.jwt_authn"
 

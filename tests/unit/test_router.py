@@ -158,10 +158,17 @@ ROUTE_CASES = [
         "ollama-local/llama3.2",
     ),
     RouteCase(
-        "an OpenAI-only cluster cannot answer Ollama's API",
+        "a chain skips a cluster that cannot answer Ollama's API",
         "demo-free",
         Endpoint.OLLAMA_CHAT,
         "chat",
+        "ollama-local/llama3.2",
+    ),
+    RouteCase(
+        "a chain with no cluster speaking Ollama's API is a client error",
+        "demo-paid",
+        Endpoint.OLLAMA_CHAT,
+        "premium",
         "400:unsupported_endpoint",
     ),
 ]
