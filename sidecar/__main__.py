@@ -23,6 +23,8 @@ from sidecar.admin.app import build_admin_app
 from sidecar.core.clock import MonotonicClock
 from sidecar.core.identity import key_digest
 from sidecar.core.router import ActivePolicy
+from sidecar.domain.ids import ModelName
+from sidecar.domain.secret import Secret
 from sidecar.engine.runtime import RoutingRuntime
 from sidecar.extproc.grpc_server import GrpcServer
 from sidecar.extproc.server import ExternalProcessorService, StreamRegistry
@@ -33,6 +35,7 @@ from sidecar.policy.problems import PolicyError
 
 DEFAULT_LISTEN = "unix-abstract:ai-sidecar"
 DEFAULT_ADMIN = "127.0.0.1:9902"
+ADMIN_TOKEN_ENV = "AI_SIDECAR_ADMIN_TOKEN"
 EXIT_BAD_INPUT = 2
 
 log = logging.getLogger("sidecar")
@@ -192,7 +195,24 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
             **runtime.snapshot(),
         }
 
-    admin_runner = await _start_admin(options.admin, state_view, lambda: serving)
+    def drain(model: str, limit: int) -> list[dict[str, Any]] | None:
+        queue = runtime.queue_for(ModelName(model))
+        if queue is None:
+            return None
+        return [
+            {
+                "id": item.request_id,
+                "tenant": item.tenant,
+                "model": item.model,
+                "path": item.path,
+                "body": item.body,
+                "queued_at_s_ago": round(runtime.clock.now() - item.queued_at, 3),
+            }
+            for item in queue.drain(limit)
+        ]
+
+    admin_app = build_admin_app(state_view, lambda: serving, drain, _admin_token())
+    admin_runner = await _start_admin(options.admin, admin_app)
     await grpc_server.start()
     serving = True
     log.info(
@@ -207,11 +227,16 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
         await admin_runner.cleanup()
 
 
-async def _start_admin(address: str | None, state_view: Any, is_ready: Any) -> web.AppRunner | None:
+def _admin_token() -> Secret | None:
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    return Secret(token) if token else None
+
+
+async def _start_admin(address: str | None, app: web.Application) -> web.AppRunner | None:
     if address is None:
         return None
     host, _, port = address.rpartition(":")
-    runner = web.AppRunner(build_admin_app(state_view, is_ready), access_log=None)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host.strip("[]"), int(port)).start()

@@ -32,6 +32,7 @@ SIDECAR_LISTEN = "unix-abstract:ai-sidecar"
 DEMO_CREDENTIALS = {
     "DEMO_OPENAI_API_KEY": "sk-upstream-openai-demo",
     "DEMO_ENTERPRISE_API_KEY": "sk-upstream-enterprise-demo",
+    "AI_SIDECAR_ADMIN_TOKEN": "demo-admin-token",
 }
 """Stand-in provider credentials the demo sidecar injects (the demo servers accept any)."""
 

@@ -1,30 +1,47 @@
 """The admin HTTP application (aiohttp), bound to localhost by default.
 
-``/healthz`` answers while the process runs; ``/readyz`` only while the gRPC server
-accepts streams; ``/state`` shows the active policy and the stream counters. It reads
-state through the callables it is given and changes nothing.
+Read-only: ``/healthz`` answers while the process runs; ``/readyz`` only while the
+gRPC server accepts streams; ``/state`` shows the active policy and live state.
+Mutating: ``POST /queues/{model}/drain`` hands parked requests to an operator. Every
+mutating call needs ``Authorization: Bearer <token>`` with the token the sidecar was
+started with; without a configured token, mutating calls are refused.
 """
 
+import hmac
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
+from sidecar.domain.secret import Secret
+
 StateView = Callable[[], Mapping[str, Any]]
 ReadinessCheck = Callable[[], bool]
+QueueDrain = Callable[[str, int], list[dict[str, Any]] | None]
 
 _STATE_VIEW = web.AppKey[StateView]("state_view")
 _IS_READY = web.AppKey[ReadinessCheck]("is_ready")
+_DRAIN = web.AppKey[QueueDrain]("drain")
+_TOKEN = web.AppKey[Secret | None]("token")
+_MAX_DRAIN = 1000
 
 
-def build_admin_app(state_view: StateView, is_ready: ReadinessCheck) -> web.Application:
+def build_admin_app(
+    state_view: StateView,
+    is_ready: ReadinessCheck,
+    drain: QueueDrain,
+    token: Secret | None,
+) -> web.Application:
     """The admin application, reading live state through ``state_view``."""
     app = web.Application()
     app[_STATE_VIEW] = state_view
     app[_IS_READY] = is_ready
+    app[_DRAIN] = drain
+    app[_TOKEN] = token
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/state", _state)
+    app.router.add_post("/queues/{model}/drain", _drain_queue)
     return app
 
 
@@ -40,3 +57,31 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _state(request: web.Request) -> web.Response:
     return web.json_response(dict(request.app[_STATE_VIEW]()))
+
+
+async def _drain_queue(request: web.Request) -> web.Response:
+    refusal = _refuse_unauthorized(request)
+    if refusal is not None:
+        return refusal
+    limit_text = request.query.get("limit", "100")
+    if not limit_text.isdigit() or not 0 < int(limit_text) <= _MAX_DRAIN:
+        return _error(400, f"limit must be a whole number from 1 to {_MAX_DRAIN}")
+    drained = request.app[_DRAIN](request.match_info["model"], int(limit_text))
+    if drained is None:
+        return _error(404, f"model '{request.match_info['model']}' has no queue")
+    return web.json_response({"requests": drained})
+
+
+def _refuse_unauthorized(request: web.Request) -> web.Response | None:
+    token = request.app[_TOKEN]
+    if token is None:
+        return _error(403, "mutating admin calls are disabled: no admin token configured")
+    presented = request.headers.get("authorization", "")
+    expected = f"Bearer {token.reveal()}"
+    if not hmac.compare_digest(presented.encode(), expected.encode()):
+        return _error(401, "missing or wrong admin token")
+    return None
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)

@@ -153,3 +153,14 @@ async def test_a_model_with_a_queue_parks_requests_when_nothing_can_answer(
     status, headers, body = await ask(chaos, "sk-demo-paid", model="premium")
     assert (status, headers["x-ai-sidecar-rung"], body["status"]) == (202, "queued", "queued")
     assert (await state(chaos))["degraded_queues"]["premium"]["queued"] == 1
+
+    drain_url = f"{SIDECAR_ADMIN_URL}/queues/premium/drain?limit=10"
+    async with chaos.http.post(drain_url) as refused:
+        assert refused.status == 401, "draining needs the admin token"
+    token = {"authorization": "Bearer demo-admin-token"}
+    async with chaos.http.post(drain_url, headers=token) as drained:
+        parked = (await drained.json())["requests"]
+    assert [(p["id"], p["tenant"], p["body"]["model"]) for p in parked] == [
+        (body["id"], "demo-paid", "premium")
+    ]
+    assert (await state(chaos))["degraded_queues"]["premium"]["queued"] == 0
