@@ -5,6 +5,8 @@ Envoy's runtime, as these tests do. Either way a client-sent routing header deci
 nothing.
 """
 
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
@@ -63,3 +65,19 @@ async def test_routing_resumes_when_the_sidecar_returns(sidecar_down: Harness) -
     async with await sidecar_down.chat("sk-demo-paid", headers=SPOOF) as response:
         assert response.status == 200
         assert (await response.json())["model"] == "gpt-4o"
+
+
+async def test_a_hung_sidecar_costs_one_message_timeout_then_the_fail_mode(
+    harness: Harness,
+) -> None:
+    pid = harness.stack.sidecar.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        async with await harness.chat("sk-demo-paid", headers=SPOOF) as response:
+            assert response.status == 503
+            assert (await response.json())["error"]["code"] == "ai_sidecar_unavailable"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    async with await harness.chat("sk-demo-paid") as response:
+        assert response.status == 200, "routing resumes when the sidecar does"
