@@ -70,13 +70,19 @@ def _run_stack(layout: StackLayout) -> int:
     for key in ("sk-demo-free", "sk-demo-paid", "sk-demo-enterprise"):
         print(_CURL.format(listen=listen, key=key))
     print("Press Ctrl-C to stop.", flush=True)
+    exit_code = 0
     try:
-        stopped.wait()
+        while not stopped.wait(1.0):
+            exited = stack.exited()
+            if exited:
+                print(f"stopping: {', '.join(exited)} exited; see {layout.log_dir}/", flush=True)
+                exit_code = 1
+                break
     except KeyboardInterrupt:
         pass
     finally:
         stack.stop()
-    return 0
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -187,6 +187,14 @@ class DemoStack:
         for part in (self.envoy, self.sidecar, self.models):
             part.stop()
 
+    def exited(self) -> list[str]:
+        """Parts that were started and have exited since, with their exit codes."""
+        return [
+            f"{part.name} (exit code {part.process.returncode})"
+            for part in (self.models, self.sidecar, self.envoy)
+            if part.process is not None and part.process.poll() is not None
+        ]
+
 
 def _require_free_ports() -> None:
     wanted = [ENVOY_LISTENER, ENVOY_ADMIN, SIDECAR_ADMIN]

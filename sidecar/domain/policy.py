@@ -1,7 +1,7 @@
 """The compiled routing policy: an immutable value the core reads.
 
 The ``policy`` package builds a :class:`Policy` from the operator's YAML once; after
-that nothing changes it. A reload builds a new one and swaps it in whole.
+that nothing changes it. A different policy is a different value, never an edit.
 """
 
 from collections.abc import Mapping
