@@ -1,4 +1,4 @@
-"""Command line: ``serve``, ``check``, ``hash-key`` and ``health``.
+"""Command line: ``serve``, ``check``, ``envoy-chains``, ``hash-key`` and ``health``.
 
 This is the only module that wires objects together: it loads the policy, builds the
 gRPC and admin servers, and runs them until a signal asks it to stop.
@@ -20,6 +20,7 @@ from aiohttp import web
 
 from sidecar import __version__
 from sidecar.admin.app import build_admin_app
+from sidecar.core.chains import failover_chains
 from sidecar.core.clock import MonotonicClock
 from sidecar.core.identity import key_digest
 from sidecar.core.router import ActivePolicy
@@ -29,6 +30,7 @@ from sidecar.engine.runtime import RoutingRuntime
 from sidecar.extproc.grpc_server import GrpcServer
 from sidecar.extproc.server import ExternalProcessorService, StreamRegistry
 from sidecar.logs import configure_logging
+from sidecar.policy.envoy_chains import ChainOptions, render_aggregates
 from sidecar.policy.envoy_check import check_envoy_config
 from sidecar.policy.loader import load_policy, resolve_credentials
 from sidecar.policy.problems import PolicyError
@@ -47,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {
         "serve": _serve_command,
         "check": _check_command,
+        "envoy-chains": _envoy_chains_command,
         "hash-key": _hash_key_command,
         "health": _health_command,
     }[args.command]
@@ -80,6 +83,26 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("policy", type=Path)
     check.add_argument(
         "--envoy-config", type=Path, help="also check the policy against this Envoy config"
+    )
+
+    chains = commands.add_parser(
+        "envoy-chains", help="print the Envoy aggregate clusters the policy's failover needs"
+    )
+    chains.add_argument("--policy", type=Path, required=True, help="policy YAML file")
+    chains.add_argument(
+        "--sidecar-cluster", default="ai_sidecar", help="Envoy cluster of the sidecar (ai_sidecar)"
+    )
+    chains.add_argument(
+        "--budget-percent",
+        type=float,
+        default=20.0,
+        help="retries may add this percentage of the requests in flight (20)",
+    )
+    chains.add_argument(
+        "--min-retry-concurrency",
+        type=int,
+        default=3,
+        help="retries allowed at once whatever the percentage (3)",
     )
 
     hash_key = commands.add_parser("hash-key", help="print the policy entry for an API key")
@@ -117,6 +140,24 @@ def _check_command(args: argparse.Namespace) -> int:
         f"{len(policy.tiers)} tiers, {len(policy.models)} models, "
         f"{len(policy.clusters)} clusters)"
     )
+    return 0
+
+
+def _envoy_chains_command(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as error:
+        print(error.render(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not 0 < args.budget_percent <= 100 or args.min_retry_concurrency < 0:
+        print("--budget-percent must be in (0, 100], --min-retry-concurrency >= 0", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    options = ChainOptions(
+        sidecar_cluster=args.sidecar_cluster,
+        budget_percent=args.budget_percent,
+        min_retry_concurrency=args.min_retry_concurrency,
+    )
+    print(render_aggregates(failover_chains(policy), str(args.policy), options), end="")
     return 0
 
 
@@ -182,8 +223,9 @@ def _serve_command(args: argparse.Namespace) -> int:
 
 async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
     streams = StreamRegistry()
+    attempts = StreamRegistry()
     runtime = RoutingRuntime(active, MonotonicClock())
-    service = ExternalProcessorService(lambda: runtime, streams)
+    service = ExternalProcessorService(lambda: runtime, streams, attempts)
     grpc_server = GrpcServer(service, options.listen, active.policy.max_body_bytes)
     serving = False
 
@@ -192,6 +234,7 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
             "version": __version__,
             "policy": {"digest": active.policy.digest, "file": str(options.policy_path)},
             "streams": streams.snapshot(),
+            "upstream_attempts": attempts.snapshot(),
             **runtime.snapshot(),
         }
 

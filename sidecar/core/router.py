@@ -7,6 +7,7 @@ view of the fleet (breakers, cluster load). It returns a :class:`Decision`, a
 degradation ladder). It never raises for bad requests.
 """
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,8 +30,7 @@ from sidecar.domain.secret import Secret
 class ActivePolicy:
     """The policy being served, with the provider credentials its clusters need.
 
-    One value is swapped in whole when the policy changes; a request keeps the one it
-    started with.
+    Immutable: a request keeps the one it started with, whatever happens after.
     """
 
     policy: Policy
@@ -58,6 +58,9 @@ def route(
     request: RouteRequest, active: ActivePolicy, fleet: FleetView, now: float
 ) -> Decision | Rejection | Unavailable:
     """Choose the first cluster of the tenant's chain that no filter excludes.
+
+    The clusters right after it that no filter excludes either may take the request
+    if it fails there (``Decision.hops``); the first excluded one ends that run.
 
     Rejections, in the order checked: a model the policy does not define (404), a
     model the tier has no route for (403), and a chain none of whose clusters speak
@@ -92,7 +95,23 @@ def route(
         reason=_reason(chosen, filtered.skipped),
         fallback_depth=chosen.depth,
         skipped=filtered.skipped,
+        chain_rest=route_spec.chain[chosen.depth :],
+        hops=_usable_run(filtered.remaining),
     )
+
+
+def _usable_run(remaining: tuple[Candidate, ...]) -> int:
+    """How many candidates, from the chosen one, follow each other in the chain unbroken.
+
+    Envoy walks an aggregate's clusters in order and cannot skip one, so failover stops
+    before the first cluster a filter excluded.
+    """
+    run = 1
+    for before, after in itertools.pairwise(remaining):
+        if after.depth != before.depth + 1:
+            break
+        run += 1
+    return run
 
 
 def _reason(chosen: Candidate, skipped: tuple[tuple[ClusterName, str], ...]) -> str:

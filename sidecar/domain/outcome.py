@@ -14,6 +14,10 @@ class Decision:
     ``reason`` says in a few words why this cluster was chosen; ``fallback_depth`` is
     its place in the chain (0 for the primary); ``skipped`` lists the clusters before
     it that were out, with the reason.
+
+    ``chain_rest`` is ``cluster`` and the clusters after it in the chain, in order;
+    the first ``hops`` of them may be tried for this request, one after the other, if
+    the ones before fail (failover inside Envoy). ``hops`` 1: ``cluster`` only.
     """
 
     tenant: TenantId
@@ -25,6 +29,13 @@ class Decision:
     reason: str
     fallback_depth: int = 0
     skipped: tuple[tuple[ClusterName, str], ...] = ()
+    chain_rest: tuple[ClusterName, ...] = ()
+    hops: int = 1
+
+    @property
+    def failover_hops(self) -> tuple[ClusterName, ...]:
+        """The clusters this request may be tried on, in order (``cluster`` first)."""
+        return self.chain_rest[: self.hops] or (self.cluster,)
 
     @property
     def rung(self) -> str:

@@ -10,7 +10,8 @@ stream ends, whatever ends it.
 import asyncio
 import itertools
 import logging
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.core.answer_cache import AnswerCache
@@ -20,7 +21,7 @@ from sidecar.core.clock import Clock
 from sidecar.core.degraded_queue import DegradedQueue
 from sidecar.core.fleet import Fleet
 from sidecar.core.router import ActivePolicy, RouteRequest, Unavailable, route
-from sidecar.domain.ids import ModelName
+from sidecar.domain.ids import ClusterName, ModelName
 from sidecar.domain.outcome import Decision, Rejection
 
 log = logging.getLogger("sidecar.resilience")
@@ -35,6 +36,14 @@ class Shed:
     retry_after_s: int
 
 
+@dataclass
+class _FailoverCall:
+    """A client request that may fail over, and its attempts that got no answer yet."""
+
+    answered: bool = False
+    unanswered: list[tuple[Permit, float]] = field(default_factory=list)
+
+
 class RoutingRuntime:
     """Live state for one active policy, and the waiting around it."""
 
@@ -44,6 +53,7 @@ class RoutingRuntime:
         self.fleet = Fleet(active.policy)
         self._tickets = itertools.count(1)
         self._waiters: dict[int, asyncio.Future[Slot | Shed]] = {}
+        self._failovers: dict[str, _FailoverCall] = {}
         self.caches = {
             name: AnswerCache(spec.answer_cache.max_entries, spec.answer_cache.max_age_s)
             for name, spec in active.policy.models.items()
@@ -83,12 +93,66 @@ class RoutingRuntime:
         return route(request, self.active, self.fleet, self.clock.now())
 
     def start_call(self, decision: Decision) -> Permit | None:
-        started = self.fleet.start_call(decision.cluster, self.clock.now())
-        self._log_transitions(started.transitions)
-        return started.permit
+        return self.start_attempt(decision.cluster)
 
     def finish_call(self, permit: Permit, result: CallResult | None) -> None:
         self._log_transitions(self.fleet.finish_call(permit, result, self.clock.now()))
+
+    def start_attempt(self, cluster: ClusterName) -> Permit | None:
+        """A breaker permit for a call to ``cluster`` (None: the breaker refuses it now)."""
+        started = self.fleet.start_call(cluster, self.clock.now())
+        self._log_transitions(started.transitions)
+        return started.permit
+
+    def no_answer(self, permit: Permit, elapsed: float) -> CallResult | None:
+        """The outcome of a call given up (client gone) before any answer: slow, or none."""
+        if elapsed > self._slow_after(permit):
+            return CallResult(failed=False, slow=True, detail=f"no answer after {elapsed:.3f}s")
+        return None
+
+    # -- failover calls: attempts that end without response headers ---------------------
+    #
+    # An attempt that ends without response headers failed (connect failure, reset, per-try
+    # timeout) if the client request goes on and gets an answer; it was merely cut short if
+    # the client went away. Only the request phase learns which, so such attempts wait in
+    # the request's failover call until it does.
+
+    def open_failover(self) -> str:
+        """Start tracking a client request that may fail over; its id for the plan."""
+        call = secrets.token_hex(16)
+        self._failovers[call] = _FailoverCall()
+        return call
+
+    def attempt_unanswered(self, call: str, permit: Permit, elapsed: float) -> None:
+        """An attempt of ``call`` ended without response headers after ``elapsed`` s."""
+        tracked = self._failovers.get(call)
+        if tracked is None:
+            self.finish_call(permit, self.no_answer(permit, elapsed))
+        elif tracked.answered:
+            self.finish_call(permit, _attempt_failed(elapsed, self._slow_after(permit)))
+        else:
+            tracked.unanswered.append((permit, elapsed))
+
+    def failover_answered(self, call: str) -> None:
+        """The client request got its response: earlier unanswered attempts failed."""
+        tracked = self._failovers.get(call)
+        if tracked is None:
+            return
+        tracked.answered = True
+        waiting, tracked.unanswered = tracked.unanswered, []
+        for permit, elapsed in waiting:
+            self.finish_call(permit, _attempt_failed(elapsed, self._slow_after(permit)))
+
+    def close_failover(self, call: str) -> None:
+        """The client request ended; attempts still waiting were cut short."""
+        tracked = self._failovers.pop(call, None)
+        if tracked is None:
+            return
+        for permit, elapsed in tracked.unanswered:
+            self.finish_call(permit, self.no_answer(permit, elapsed))
+
+    def _slow_after(self, permit: Permit) -> float:
+        return self.fleet.breakers[permit.cluster].config.slow_call_s
 
     def cache_for(self, model: ModelName) -> AnswerCache | None:
         return self.caches.get(model)
@@ -102,6 +166,7 @@ class RoutingRuntime:
             name: {"entries": len(cache), "hits": cache.hits, "misses": cache.misses}
             for name, cache in self.caches.items()
         }
+        state["failover_calls"] = len(self._failovers)
         state["degraded_queues"] = {
             name: {"queued": len(queue), "capacity": queue.capacity}
             for name, queue in self.queues.items()
@@ -149,3 +214,11 @@ class RoutingRuntime:
                 transition.new.value,
                 extra={"cluster": transition.cluster, "reason": transition.reason},
             )
+
+
+def _attempt_failed(elapsed: float, slow_after: float) -> CallResult:
+    return CallResult(
+        failed=True,
+        slow=elapsed > slow_after,
+        detail=f"no response headers after {elapsed:.3f}s (connect failure, reset or timeout)",
+    )

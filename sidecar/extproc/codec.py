@@ -13,17 +13,24 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2, text_format
 
 from sidecar.domain.api import ApiFamily
 from sidecar.domain.outcome import Decision, Rejection
 from sidecar.domain.policy import JwtSource
+from sidecar.domain.secret import Secret
 from sidecar.providers.errors import render_error
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _SKIP_BODY = processing_mode_pb2.ProcessingMode.NONE
 _BUFFER_BODY = processing_mode_pb2.ProcessingMode.BUFFERED
 RUNG_HEADER = "x-ai-sidecar-rung"
+MAX_RETRIES_HEADER = "x-envoy-max-retries"
+SIDECAR_NAMESPACE = "ai.sidecar"
+"""Envoy metadata namespace of the sidecar: the failover plan in dynamic metadata, and
+the hop name in each model cluster endpoint's metadata (key ``hop``)."""
+HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
+_ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,51 @@ def read_token_failure(metadata_context: Any, source: JwtSource | None) -> str |
     failure = namespace.fields[source.failure_key].struct_value.fields
     message = failure["message"].string_value if "message" in failure else ""
     return message or "the token was not verified"
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverPlan:
+    """What the request phase tells every upstream attempt of a request, via Envoy.
+
+    ``call`` identifies the request inside the sidecar (random, never client-chosen);
+    ``hops`` are the clusters the request may be sent to, in order.
+    """
+
+    call: str
+    hops: tuple[str, ...]
+
+
+def read_failover_plan(metadata_context: Any) -> FailoverPlan | None:
+    """The plan the request phase stored in Envoy's dynamic metadata, if it arrived."""
+    namespace = metadata_context.filter_metadata.get(SIDECAR_NAMESPACE)
+    if namespace is None or "call" not in namespace.fields or "hops" not in namespace.fields:
+        return None
+    call = namespace.fields["call"].string_value
+    hops = tuple(value.string_value for value in namespace.fields["hops"].list_value.values)
+    if not call or not hops or not all(hops):
+        return None
+    return FailoverPlan(call, hops)
+
+
+def read_hop(message: Any) -> str | None:
+    """The hop (model cluster) of the upstream host Envoy picked, from its endpoint metadata.
+
+    Envoy sends the attribute ``xds.upstream_host_metadata`` as a text-format
+    ``envoy.config.core.v3.Metadata``; the endpoint names its cluster under
+    ``filter_metadata["ai.sidecar"]["hop"]``. None when absent or unreadable.
+    """
+    attributes = message.attributes.get(_ATTRIBUTES_KEY)
+    if attributes is None or HOST_METADATA_ATTRIBUTE not in attributes.fields:
+        return None
+    metadata = base_pb2.Metadata()
+    try:
+        text_format.Parse(attributes.fields[HOST_METADATA_ATTRIBUTE].string_value, metadata)
+    except text_format.ParseError:
+        return None
+    namespace = metadata.filter_metadata.get(SIDECAR_NAMESPACE)
+    if namespace is None or "hop" not in namespace.fields:
+        return None
+    return namespace.fields["hop"].string_value or None
 
 
 def continue_request_headers() -> Any:
@@ -153,26 +205,37 @@ CLIENT_IDENTITY_HEADERS = (
 
 
 def route_request_body(
-    decision: Decision, body: bytes, cluster_header: str, client_key_header: str
+    decision: Decision,
+    body: bytes,
+    cluster_header: str,
+    client_key_header: str,
+    target: str | None = None,
+    plan: FailoverPlan | None = None,
 ) -> Any:
-    """Send the request to ``decision.cluster`` with ``body`` and the cluster's credential.
+    """Send the request to ``target`` with ``body`` and ``decision.cluster``'s credential.
 
-    Sets the routing header and asks Envoy to clear its route cache so the route is
-    chosen again. Every header that carries the client's identity (its key header,
-    cookies, provider organization and project headers) is removed; when the cluster
-    has a credential, ``authorization`` carries it instead.
+    ``target`` is ``decision.cluster``, or the aggregate cluster of the request's
+    failover chain; ``x-envoy-max-retries`` allows one retry per further hop of
+    ``plan`` (none without a plan), and the plan goes into Envoy's dynamic metadata for
+    the upstream filter that rewrites every attempt. Sets the routing header and asks
+    Envoy to clear its route cache so the route is chosen again. Every header that
+    carries the client's identity (its key header, cookies, provider organization and
+    project headers) is removed; when the cluster has a credential, ``authorization``
+    carries it instead.
     """
+    retries = len(plan.hops) - 1 if plan is not None else 0
     set_headers = [
-        _header(cluster_header, decision.cluster),
+        _header(cluster_header, target or decision.cluster),
+        _header(MAX_RETRIES_HEADER, str(retries)),
         _header("content-length", str(len(body))),
         _header("content-type", "application/json"),
     ]
-    removed = dict.fromkeys((client_key_header, *CLIENT_IDENTITY_HEADERS))
-    if decision.credential is not None:
-        set_headers.append(_header("authorization", f"Bearer {decision.credential.reveal()}"))
-        removed.pop("authorization", None)
-    mutation = ext_proc.HeaderMutation(set_headers=set_headers, remove_headers=list(removed))
-    return ext_proc.ProcessingResponse(
+    set_headers += _credential_headers(decision.credential)
+    mutation = ext_proc.HeaderMutation(
+        set_headers=set_headers,
+        remove_headers=_identity_headers(client_key_header, decision.credential),
+    )
+    response = ext_proc.ProcessingResponse(
         request_body=ext_proc.BodyResponse(
             response=ext_proc.CommonResponse(
                 header_mutation=mutation,
@@ -181,6 +244,51 @@ def route_request_body(
             )
         )
     )
+    if plan is not None:
+        response.dynamic_metadata.CopyFrom(_plan_metadata(plan))
+    return response
+
+
+def hop_request_body(
+    body: bytes, credential: Secret | None, cluster_header: str, client_key_header: str
+) -> Any:
+    """One upstream attempt's request: ``body`` and the hop's credential (or none).
+
+    Header changes made for an earlier attempt are still there, so ``authorization``
+    and ``content-length`` are always set or removed, never left as they were; the
+    routing header stays inside the gateway.
+    """
+    set_headers = [_header("content-length", str(len(body))), *_credential_headers(credential)]
+    removed = [cluster_header, *_identity_headers(client_key_header, credential)]
+    return ext_proc.ProcessingResponse(
+        request_body=ext_proc.BodyResponse(
+            response=ext_proc.CommonResponse(
+                header_mutation=ext_proc.HeaderMutation(
+                    set_headers=set_headers, remove_headers=list(dict.fromkeys(removed))
+                ),
+                body_mutation=ext_proc.BodyMutation(body=body),
+            )
+        )
+    )
+
+
+def _credential_headers(credential: Secret | None) -> list[Any]:
+    if credential is None:
+        return []
+    return [_header("authorization", f"Bearer {credential.reveal()}")]
+
+
+def _identity_headers(client_key_header: str, credential: Secret | None) -> list[str]:
+    removed = dict.fromkeys((client_key_header, *CLIENT_IDENTITY_HEADERS))
+    if credential is not None:
+        removed.pop("authorization", None)
+    return list(removed)
+
+
+def _plan_metadata(plan: FailoverPlan) -> Any:
+    metadata = struct_pb2.Struct()
+    metadata.update({SIDECAR_NAMESPACE: {"call": plan.call, "hops": list(plan.hops)}})
+    return metadata
 
 
 def continue_message(request: Any) -> Any:

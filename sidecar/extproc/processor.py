@@ -10,6 +10,11 @@ processor answers each:
 - response headers: feed the chosen cluster's breaker, say which rung answered;
 - response body (only when an answer is to be kept): keep it in the answer cache.
 
+When the chosen cluster has usable clusters after it in the chain, the request is sent
+to the aggregate cluster of that chain suffix and Envoy fails over inside the request
+(see :mod:`sidecar.extproc.upstream`): then each attempt feeds its own cluster's
+breaker, and the response headers name the cluster that answered.
+
 The processor holds the request's slot and breaker permit; :meth:`close` gives both
 back, and the stream loop calls it however the stream ends.
 """
@@ -22,12 +27,14 @@ from typing import Any
 from sidecar.core.answer_cache import CachedAnswer, cache_key
 from sidecar.core.breaker import CallResult, Permit
 from sidecar.core.bulkhead import Slot
+from sidecar.core.chains import envoy_target
 from sidecar.core.degraded_queue import QueuedRequest
 from sidecar.core.identity import PresentedIdentity, identify
 from sidecar.core.outcomes import classify
 from sidecar.core.priority import priority_of
 from sidecar.core.router import RouteRequest, Unavailable
 from sidecar.domain.api import Endpoint, endpoint_for_path
+from sidecar.domain.ids import ClusterName
 from sidecar.domain.outcome import (
     Decision,
     Rejection,
@@ -58,6 +65,7 @@ class _Request:
     slot: Slot | None = None
     decision: Decision | None = None
     permit: Permit | None = None
+    failover_call: str | None = None
     sent_at: float = 0.0
     answer_key: str | None = None
 
@@ -79,7 +87,7 @@ class StreamProcessor:
         if phase == "request_body" and self._request is not None:
             return await self._on_request_body(self._request, message.request_body)
         if phase == "response_headers" and self._request is not None:
-            return self._on_response_headers(self._request, message.response_headers)
+            return self._on_response_headers(self._request, message)
         if phase == "response_body" and self._request is not None:
             self._on_response_body(self._request, message.response_body)
         return codec.continue_message(message)
@@ -92,6 +100,9 @@ class StreamProcessor:
         if request.permit is not None:
             self._runtime.finish_call(request.permit, self._unanswered(request))
             request.permit = None
+        if request.failover_call is not None:
+            self._runtime.close_failover(request.failover_call)
+            request.failover_call = None
         if request.slot is not None:
             self._runtime.release_slot(request.slot)
             request.slot = None
@@ -179,7 +190,13 @@ class StreamProcessor:
     def _send_upstream(self, request: _Request, body: RequestBody, decision: Decision) -> Any:
         runtime = self._runtime
         request.decision = decision
-        request.permit = runtime.start_call(decision)
+        plan = None
+        if decision.hops > 1:
+            # Each attempt takes its own permit (sidecar.extproc.upstream).
+            request.failover_call = runtime.open_failover()
+            plan = codec.FailoverPlan(request.failover_call, decision.failover_hops)
+        else:
+            request.permit = runtime.start_call(decision)
         request.sent_at = runtime.clock.now()
         request.answer_key = self._answer_key(request, body)
         self.outcome = decision.rung
@@ -190,6 +207,7 @@ class StreamProcessor:
                 "tier": decision.tier,
                 "model": decision.requested_model,
                 "cluster": decision.cluster,
+                "failover": list(decision.failover_hops[1:]),
                 "reason": decision.reason,
             },
         )
@@ -199,6 +217,8 @@ class StreamProcessor:
             rewrite_model(body, decision.upstream_model),
             policy.cluster_header,
             policy.api_key_source.header,
+            target=envoy_target(decision.chain_rest or (decision.cluster,), decision.hops),
+            plan=plan,
         )
 
     def _answer_key(self, request: _Request, body: RequestBody) -> str | None:
@@ -268,15 +288,19 @@ class StreamProcessor:
 
     # -- response --------------------------------------------------------------------
 
-    def _on_response_headers(self, request: _Request, http_headers: Any) -> Any:
-        status = codec.read_status(http_headers)
+    def _on_response_headers(self, request: _Request, message: Any) -> Any:
+        status = codec.read_status(message.response_headers)
         runtime = self._runtime
         if request.permit is not None:
             elapsed = runtime.clock.now() - request.sent_at
             slow_after = runtime.fleet.breakers[request.permit.cluster].config.slow_call_s
             runtime.finish_call(request.permit, classify(status, elapsed, slow_after))
             request.permit = None
-        rung = request.decision.rung if request.decision is not None else "primary"
+        if request.failover_call is not None:
+            runtime.failover_answered(request.failover_call)
+        rung = _serving_rung(request.decision, codec.read_hop(message))
+        if request.failover_call is not None:
+            self.outcome = rung
         keep = (
             request.answer_key is not None
             and status == 200
@@ -306,14 +330,22 @@ class StreamProcessor:
         """The breaker outcome of a call that ended before its response headers."""
         assert request.permit is not None
         elapsed = self._runtime.clock.now() - request.sent_at
-        slow_after = self._runtime.fleet.breakers[request.permit.cluster].config.slow_call_s
-        if elapsed > slow_after:
-            return CallResult(failed=False, slow=True, detail=f"no answer after {elapsed:.3f}s")
-        return None
+        return self._runtime.no_answer(request.permit, elapsed)
 
     def _reject(self, rejection: Rejection, endpoint: Endpoint) -> Any:
         self.outcome = f"rejected:{rejection.code}"
         return codec.reject(rejection, endpoint.family)
+
+
+def _serving_rung(decision: Decision | None, hop: str | None) -> str:
+    """The rung of the cluster that answered (Envoy names it), else of the chosen one."""
+    if decision is None:
+        return "primary"
+    served = ClusterName(hop) if hop is not None else None
+    if served is None or served not in decision.chain_rest:
+        return decision.rung
+    depth = decision.fallback_depth + decision.chain_rest.index(served)
+    return "primary" if depth == 0 else "fallback"
 
 
 def _model(body: RequestBody) -> Any:

@@ -1,16 +1,22 @@
-"""The ext_proc gRPC service: the stream loop around :class:`StreamProcessor`.
+"""The ext_proc gRPC service: the stream loop around the per-stream processors.
 
-Each ``Process`` call is one HTTP request. The loop reads Envoy's messages, answers
-each through a fresh processor bound to the runtime (policy and live state) active
-when the stream opened, and, whatever ends the stream (Envoy closing it, a reset,
-cancellation or an error), closes the processor, which gives back its pool slot and
-breaker permit, and leaves the stream registry as it found it.
+Envoy calls the service from two filters, and says which in the gRPC initial metadata
+``x-ext-proc-role``: ``downstream`` (the HTTP filter; one stream per client request,
+answered by :class:`StreamProcessor`) or ``upstream`` (the upstream filter of a
+failover aggregate cluster; one stream per attempt, answered by
+:class:`UpstreamProcessor`). Without the header a stream is a downstream one.
+
+The loop reads Envoy's messages, answers each through a fresh processor bound to the
+runtime (policy and live state) active when the stream opened, and, whatever ends the
+stream (Envoy closing it, a reset, cancellation or an error), closes the processor,
+which gives back its pool slot and breaker permits, and leaves the stream registry as
+it found it.
 """
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
@@ -19,10 +25,19 @@ from sidecar.domain.outcome import Rejection
 from sidecar.engine.runtime import RoutingRuntime
 from sidecar.extproc import codec
 from sidecar.extproc.processor import StreamProcessor
+from sidecar.extproc.upstream import UpstreamProcessor
 
 log = logging.getLogger("sidecar.extproc")
 
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+ROLE_METADATA = "x-ext-proc-role"
+UPSTREAM_ROLE = "upstream"
+
+
+class _Processor(Protocol):
+    async def handle(self, message: Any) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 class StreamRegistry:
@@ -49,33 +64,52 @@ class StreamRegistry:
 
 
 class ExternalProcessorService(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """Envoy's ``ExternalProcessor`` service, one processor per stream."""
+    """Envoy's ``ExternalProcessor`` service, one processor per stream.
+
+    ``streams`` counts client requests (downstream streams); ``attempts`` counts
+    upstream attempts of failover chains.
+    """
 
     def __init__(
-        self, current_runtime: Callable[[], RoutingRuntime], streams: StreamRegistry
+        self,
+        current_runtime: Callable[[], RoutingRuntime],
+        streams: StreamRegistry,
+        attempts: StreamRegistry | None = None,
     ) -> None:
         self._current_runtime = current_runtime
         self._streams = streams
+        self._attempts = attempts if attempts is not None else StreamRegistry()
 
     async def Process(  # noqa: N802 - the gRPC method name
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
         """Answer every message of one stream, in order."""
-        processor = StreamProcessor(self._current_runtime())
-        with self._streams.track():
+        processor: _Processor
+        if _role(context) == UPSTREAM_ROLE:
+            processor, registry = UpstreamProcessor(self._current_runtime()), self._attempts
+        else:
+            processor, registry = StreamProcessor(self._current_runtime()), self._streams
+        with registry.track():
             try:
                 async for request in request_iterator:
-                    yield await self._answer(processor, request)
+                    yield await self._answer(processor, registry, request)
             finally:
                 processor.close()
 
-    async def _answer(self, processor: StreamProcessor, request: Any) -> Any:
+    async def _answer(self, processor: _Processor, registry: StreamRegistry, request: Any) -> Any:
         try:
             return await processor.handle(request)
         except Exception:
-            self._streams.failed += 1
+            registry.failed += 1
             log.exception("routing failed; answering 500")
             return codec.reject(_internal_error(), ApiFamily.OPENAI)
+
+
+def _role(context: Any) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == ROLE_METADATA:
+            return str(value)
+    return "downstream"
 
 
 def _internal_error() -> Rejection:

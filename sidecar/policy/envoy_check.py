@@ -2,8 +2,10 @@
 
 Catches the mistakes that otherwise show only under traffic: a policy cluster Envoy
 does not define (requests to it would fail with 503), no route reading the routing
-header, or a routing header that clients could set themselves because Envoy does not
-strip it before routing.
+header, a routing header that clients could set themselves because Envoy does not
+strip it before routing, and failover chains Envoy cannot walk: a missing or wrong
+aggregate cluster for a chain suffix, one without the upstream filter or the retry
+budget, or a model cluster whose endpoints do not name it (``ai.sidecar/hop``).
 """
 
 from collections.abc import Iterator
@@ -12,8 +14,12 @@ from typing import Any
 
 import yaml
 
+from sidecar.core.chains import AGGREGATE_PREFIX, aggregate_name, chain_suffixes
+from sidecar.domain.ids import ClusterName
 from sidecar.domain.policy import Policy
 from sidecar.policy.problems import Problem
+
+_REGENERATE = "generate it with: python -m sidecar envoy-chains --policy POLICY"
 
 
 def check_envoy_config(policy: Policy, envoy_config: Path) -> list[Problem]:
@@ -26,6 +32,7 @@ def check_envoy_config(policy: Policy, envoy_config: Path) -> list[Problem]:
         return [Problem("", f"Envoy config {envoy_config} is not a YAML mapping")]
     problems = list(_missing_clusters(policy, config, envoy_config))
     problems += _routing_header_problems(policy, config, envoy_config)
+    problems += _failover_problems(policy, config, envoy_config)
     return problems
 
 
@@ -56,6 +63,98 @@ def _routing_header_problems(policy: Policy, config: dict[str, Any], source: Pat
             )
         )
     return problems
+
+
+def _failover_problems(policy: Policy, config: dict[str, Any], source: Path) -> Iterator[Problem]:
+    clusters = {cluster.get("name"): cluster for cluster in _static(config, "clusters")}
+    for name in sorted(policy.clusters):
+        if name.startswith(AGGREGATE_PREFIX):
+            yield Problem(
+                f"clusters.{name}",
+                f"cluster names starting with '{AGGREGATE_PREFIX}' are kept for the "
+                "failover aggregates; rename it",
+            )
+    hops: set[ClusterName] = set()
+    seen: set[str] = set()
+    for tier_name, tier in sorted(policy.tiers.items()):
+        for model, route in sorted(tier.routes.items()):
+            for suffix in chain_suffixes(route.chain):
+                hops.update(suffix)
+                name = aggregate_name(suffix)
+                if name in seen:
+                    continue
+                seen.add(name)
+                where = f"tiers.{tier_name}.routes.{model}"
+                yield from _aggregate_problems(where, name, suffix, clusters.get(name), source)
+    for hop in sorted(hops):
+        cluster = clusters.get(hop)
+        if cluster is not None and not _endpoints_name_hop(cluster, hop):
+            yield Problem(
+                f"clusters.{hop}",
+                f"the endpoints of Envoy cluster '{hop}' in {source} do not all carry "
+                f"metadata {{filter_metadata: {{ai.sidecar: {{hop: {hop}}}}}}}; failover "
+                "attempts to it would be refused",
+            )
+
+
+def _aggregate_problems(
+    where: str,
+    name: str,
+    suffix: tuple[ClusterName, ...],
+    cluster: dict[str, Any] | None,
+    source: Path,
+) -> Iterator[Problem]:
+    chain = " -> ".join(suffix)
+    if cluster is None:
+        yield Problem(
+            where,
+            f"no aggregate cluster '{name}' in Envoy config {source} for the failover "
+            f"chain {chain}; {_REGENERATE}",
+        )
+        return
+    listed = [
+        value
+        for cluster_type in _walk_key(cluster, "cluster_type")
+        for value in _walk_key(cluster_type, "clusters")
+    ]
+    if listed != [list(suffix)]:
+        yield Problem(
+            where,
+            f"Envoy cluster '{name}' in {source} must be an aggregate of exactly {chain} "
+            f"(in order); {_REGENERATE}",
+        )
+    filters = [f.get("name") for fs in _walk_key(cluster, "http_filters") for f in fs or ()]
+    if "envoy.filters.http.ext_proc" not in filters:
+        yield Problem(
+            where,
+            f"aggregate cluster '{name}' in {source} has no upstream ext_proc filter: "
+            f"attempts would reach the model unrewritten; {_REGENERATE}",
+        )
+    if not any(_walk_key(cluster, "retry_budget")):
+        yield Problem(
+            where,
+            f"aggregate cluster '{name}' in {source} has no retry_budget, so failover is "
+            f"capped by Envoy's default of 3 concurrent retries; {_REGENERATE}",
+        )
+
+
+def _endpoints_name_hop(cluster: dict[str, Any], hop: str) -> bool:
+    endpoints = [
+        endpoint
+        for assignment in _walk_key(cluster, "load_assignment")
+        for group in (assignment or {}).get("endpoints") or ()
+        for endpoint in (group or {}).get("lb_endpoints") or ()
+    ]
+    return bool(endpoints) and all(_hop_of(endpoint) == hop for endpoint in endpoints)
+
+
+def _hop_of(endpoint: Any) -> Any:
+    node = endpoint
+    for key in ("metadata", "filter_metadata", "ai.sidecar", "hop"):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
 
 
 def _early_removed_headers(config: dict[str, Any]) -> set[str]:

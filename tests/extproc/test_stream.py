@@ -15,7 +15,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from sidecar.core.clock import FakeClock
 from sidecar.core.router import ActivePolicy
@@ -88,6 +88,10 @@ def body(document: Any, end_of_stream: bool = True) -> Any:
     )
 
 
+PAID_CHAT_CHAIN = "chain--openai-premium--openai-cheap--ollama-local"
+"""The aggregate cluster a paid chat request goes to: it may fail over down the chain."""
+
+
 def chat(model: str = "chat") -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hello"}]}
 
@@ -109,7 +113,8 @@ async def test_a_routed_request_gets_cluster_model_and_credential(sidecar: Sidec
     rewritten = json.loads(common.body_mutation.body)
     assert rewritten == {**chat(), "model": "gpt-4o"}
     assert set_headers(second) == {
-        "x-ai-sidecar-cluster": "openai-premium",
+        "x-ai-sidecar-cluster": PAID_CHAT_CHAIN,
+        "x-envoy-max-retries": "2",
         "content-length": str(len(common.body_mutation.body)),
         "content-type": "application/json",
         "authorization": "Bearer sk-upstream-openai-demo",
@@ -118,11 +123,16 @@ async def test_a_routed_request_gets_cluster_model_and_credential(sidecar: Sidec
     assert "authorization" not in removed, "it is overwritten with the cluster's credential"
     assert {"x-api-key", "openai-organization", "cookie"} <= removed
     assert common.clear_route_cache
+    plan = json_format.MessageToDict(second.dynamic_metadata)["ai.sidecar"]
+    assert plan["hops"] == ["openai-premium", "openai-cheap", "ollama-local"]
+    assert len(plan["call"]) == 32, "a random id, never one the client chose"
 
 
 async def test_a_cluster_without_credential_gets_the_client_key_removed(sidecar: Sidecar) -> None:
     _, second = await sidecar.exchange(headers(), body(chat("local")))
     assert set_headers(second)["x-ai-sidecar-cluster"] == "ollama-local"
+    assert set_headers(second)["x-envoy-max-retries"] == "0", "one cluster: no retry"
+    assert not second.HasField("dynamic_metadata")
     assert "authorization" not in set_headers(second)
     assert "authorization" in second.request_body.response.header_mutation.remove_headers
 
@@ -131,7 +141,7 @@ async def test_a_verified_token_claim_identifies_the_tenant(sidecar: Sidecar) ->
     _, second = await sidecar.exchange(
         headers(key="not-a-key", claims={"tenant": "demo-sso", "sub": "u1"}), body(chat())
     )
-    assert set_headers(second)["x-ai-sidecar-cluster"] == "openai-premium"
+    assert set_headers(second)["x-ai-sidecar-cluster"] == PAID_CHAT_CHAIN
 
 
 async def test_non_ai_paths_pass_through_without_their_body(sidecar: Sidecar) -> None:
@@ -233,7 +243,7 @@ async def test_the_service_keeps_serving_after_bad_requests(sidecar: Sidecar) ->
     for requests, _, _ in [case[1:] for case in ERROR_CASES]:
         await sidecar.exchange(*requests)
     _, routed = await sidecar.exchange(headers(), body(chat()))
-    assert set_headers(routed)["x-ai-sidecar-cluster"] == "openai-premium"
+    assert set_headers(routed)["x-ai-sidecar-cluster"] == PAID_CHAT_CHAIN
 
 
 async def test_a_cancelled_stream_leaves_nothing_behind(sidecar: Sidecar) -> None:
@@ -259,4 +269,4 @@ async def test_an_internal_error_answers_500_and_serving_goes_on(
     assert sidecar.registry.failed == 1
     monkeypatch.undo()
     _, routed = await sidecar.exchange(headers(), body(chat()))
-    assert set_headers(routed)["x-ai-sidecar-cluster"] == "openai-premium"
+    assert set_headers(routed)["x-ai-sidecar-cluster"] == PAID_CHAT_CHAIN
