@@ -24,6 +24,7 @@ from sidecar.providers.errors import render_error
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _SKIP_BODY = processing_mode_pb2.ProcessingMode.NONE
 _BUFFER_BODY = processing_mode_pb2.ProcessingMode.BUFFERED
+_STREAM_BODY = processing_mode_pb2.ProcessingMode.STREAMED
 RUNG_HEADER = "x-ai-sidecar-rung"
 MAX_RETRIES_HEADER = "x-envoy-max-retries"
 SIDECAR_NAMESPACE = "ai.sidecar"
@@ -93,6 +94,8 @@ class FailoverPlan:
 
     call: str
     hops: tuple[str, ...]
+    path: str = ""
+    """The path the client called (later attempts may see a rewritten ``:path``)."""
 
 
 def read_failover_plan(metadata_context: Any) -> FailoverPlan | None:
@@ -104,7 +107,8 @@ def read_failover_plan(metadata_context: Any) -> FailoverPlan | None:
     hops = tuple(value.string_value for value in namespace.fields["hops"].list_value.values)
     if not call or not hops or not all(hops):
         return None
-    return FailoverPlan(call, hops)
+    path = namespace.fields["path"].string_value if "path" in namespace.fields else ""
+    return FailoverPlan(call, hops, path)
 
 
 def read_hop(message: Any) -> str | None:
@@ -178,18 +182,63 @@ def read_status(http_headers: Any) -> int:
     return 0
 
 
-def mark_response(rung: str, buffer_body: bool) -> Any:
-    """Tell the client which rung answered; ask for the body when it is to be kept."""
+def mark_response(
+    rung: str,
+    body_mode: str | None = None,
+    content_type: str | None = None,
+) -> Any:
+    """Tell the client which rung answered; ask for the body when the sidecar needs it.
+
+    ``body_mode`` is ``buffered`` (the whole body at once: to keep or translate it),
+    ``streamed`` (chunk by chunk: to translate a stream) or None (the body is not the
+    sidecar's business). With a new ``content_type`` the body will change, so
+    ``content-length`` is dropped (set again with a buffered body).
+    """
+    set_headers = [_header(RUNG_HEADER, rung)]
+    removed: list[str] = []
+    if content_type is not None:
+        set_headers.append(_header("content-type", content_type))
+        removed.append("content-length")
     response = ext_proc.ProcessingResponse(
         response_headers=ext_proc.HeadersResponse(
             response=ext_proc.CommonResponse(
-                header_mutation=ext_proc.HeaderMutation(set_headers=[_header(RUNG_HEADER, rung)])
+                header_mutation=ext_proc.HeaderMutation(
+                    set_headers=set_headers, remove_headers=removed
+                )
             )
         )
     )
-    if buffer_body:
+    if body_mode == "buffered":
         response.mode_override.response_body_mode = _BUFFER_BODY
+    elif body_mode == "streamed":
+        response.mode_override.response_body_mode = _STREAM_BODY
     return response
+
+
+def replace_response_body(body: bytes) -> Any:
+    """Replace a buffered response body (and its length)."""
+    return ext_proc.ProcessingResponse(
+        response_body=ext_proc.BodyResponse(
+            response=ext_proc.CommonResponse(
+                header_mutation=ext_proc.HeaderMutation(
+                    set_headers=[_header("content-length", str(len(body)))]
+                ),
+                body_mutation=ext_proc.BodyMutation(body=body),
+            )
+        )
+    )
+
+
+def replace_response_chunk(chunk: bytes) -> Any:
+    """Replace one chunk of a streamed response body (an empty one sends nothing)."""
+    mutation = (
+        ext_proc.BodyMutation(body=chunk) if chunk else ext_proc.BodyMutation(clear_body=True)
+    )
+    return ext_proc.ProcessingResponse(
+        response_body=ext_proc.BodyResponse(
+            response=ext_proc.CommonResponse(body_mutation=mutation)
+        )
+    )
 
 
 CLIENT_IDENTITY_HEADERS = (
@@ -211,6 +260,7 @@ def route_request_body(
     client_key_header: str,
     target: str | None = None,
     plan: FailoverPlan | None = None,
+    path: str | None = None,
 ) -> Any:
     """Send the request to ``target`` with ``body`` and ``decision.cluster``'s credential.
 
@@ -231,6 +281,8 @@ def route_request_body(
         _header("content-type", "application/json"),
     ]
     set_headers += _credential_headers(decision.credential)
+    if path is not None:
+        set_headers.append(_header(":path", path))
     mutation = ext_proc.HeaderMutation(
         set_headers=set_headers,
         remove_headers=_identity_headers(client_key_header, decision.credential),
@@ -250,15 +302,23 @@ def route_request_body(
 
 
 def hop_request_body(
-    body: bytes, credential: Secret | None, cluster_header: str, client_key_header: str
+    body: bytes,
+    credential: Secret | None,
+    cluster_header: str,
+    client_key_header: str,
+    path: str,
 ) -> Any:
     """One upstream attempt's request: ``body`` and the hop's credential (or none).
 
-    Header changes made for an earlier attempt are still there, so ``authorization``
-    and ``content-length`` are always set or removed, never left as they were; the
-    routing header stays inside the gateway.
+    Header changes made for an earlier attempt are still there, so ``:path``,
+    ``authorization`` and ``content-length`` are always set or removed, never left as
+    they were; the routing header stays inside the gateway.
     """
-    set_headers = [_header("content-length", str(len(body))), *_credential_headers(credential)]
+    set_headers = [
+        _header("content-length", str(len(body))),
+        _header(":path", path),
+        *_credential_headers(credential),
+    ]
     removed = [cluster_header, *_identity_headers(client_key_header, credential)]
     return ext_proc.ProcessingResponse(
         request_body=ext_proc.BodyResponse(
@@ -287,18 +347,24 @@ def _identity_headers(client_key_header: str, credential: Secret | None) -> list
 
 def _plan_metadata(plan: FailoverPlan) -> Any:
     metadata = struct_pb2.Struct()
-    metadata.update({SIDECAR_NAMESPACE: {"call": plan.call, "hops": list(plan.hops)}})
+    metadata.update(
+        {SIDECAR_NAMESPACE: {"call": plan.call, "hops": list(plan.hops), "path": plan.path}}
+    )
     return metadata
 
 
-def continue_message(request: Any) -> Any:
-    """The empty answer that lets a phase the sidecar does not act on continue."""
-    phase = request.WhichOneof("request")
+def continue_message_for(phase: str) -> Any:
+    """The empty answer that lets ``phase`` continue unchanged."""
     if phase in ("request_headers", "response_headers"):
         return ext_proc.ProcessingResponse(**{phase: ext_proc.HeadersResponse()})
     if phase in ("request_body", "response_body"):
         return ext_proc.ProcessingResponse(**{phase: ext_proc.BodyResponse()})
     return ext_proc.ProcessingResponse(**{phase: ext_proc.TrailersResponse()})
+
+
+def continue_message(request: Any) -> Any:
+    """The empty answer that lets a phase the sidecar does not act on continue."""
+    return continue_message_for(request.WhichOneof("request"))
 
 
 def _header(key: str, value: str) -> Any:

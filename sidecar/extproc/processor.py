@@ -49,7 +49,9 @@ from sidecar.domain.policy import TenantSpec
 from sidecar.engine.runtime import RoutingRuntime, Shed
 from sidecar.extproc import codec
 from sidecar.providers.body import RequestBody, parse_request_body, rewrite_model, wants_stream
+from sidecar.providers.response_rewrite import ResponseRewrite, plan_rewrite
 from sidecar.providers.synthetic import answer_text, can_synthesize, synthesize
+from sidecar.providers.upstream_request import upstream_request
 
 log = logging.getLogger("sidecar.routing")
 
@@ -68,6 +70,7 @@ class _Request:
     failover_call: str | None = None
     sent_at: float = 0.0
     answer_key: str | None = None
+    rewrite: ResponseRewrite | None = None
 
 
 class StreamProcessor:
@@ -89,7 +92,7 @@ class StreamProcessor:
         if phase == "response_headers" and self._request is not None:
             return self._on_response_headers(self._request, message)
         if phase == "response_body" and self._request is not None:
-            self._on_response_body(self._request, message.response_body)
+            return self._on_response_body(self._request, message.response_body)
         return codec.continue_message(message)
 
     def close(self) -> None:
@@ -189,12 +192,18 @@ class StreamProcessor:
 
     def _send_upstream(self, request: _Request, body: RequestBody, decision: Decision) -> Any:
         runtime = self._runtime
+        prepared = self._prepare(request, body, decision)
+        if isinstance(prepared, Rejection):
+            return self._reject(prepared, request.endpoint)
+        content, path = prepared
         request.decision = decision
         plan = None
         if decision.hops > 1:
             # Each attempt takes its own permit (sidecar.extproc.upstream).
             request.failover_call = runtime.open_failover()
-            plan = codec.FailoverPlan(request.failover_call, decision.failover_hops)
+            plan = codec.FailoverPlan(
+                request.failover_call, decision.failover_hops, request.endpoint.path
+            )
         else:
             request.permit = runtime.start_call(decision)
         request.sent_at = runtime.clock.now()
@@ -214,12 +223,27 @@ class StreamProcessor:
         policy = runtime.active.policy
         return codec.route_request_body(
             decision,
-            rewrite_model(body, decision.upstream_model),
+            content,
             policy.cluster_header,
             policy.api_key_source.header,
             target=envoy_target(decision.chain_rest or (decision.cluster,), decision.hops),
             plan=plan,
+            path=path,
         )
+
+    def _prepare(
+        self, request: _Request, body: RequestBody, decision: Decision
+    ) -> tuple[bytes, str] | Rejection:
+        """The body and path Envoy keeps for the upstream call.
+
+        With failover, every attempt gets this same copy and the upstream filter
+        prepares it for its hop, so it stays in the client's API; otherwise it is
+        prepared here for the one cluster.
+        """
+        if decision.hops > 1:
+            return rewrite_model(body, decision.upstream_model), request.endpoint.path
+        cluster = self._runtime.active.policy.clusters[decision.cluster]
+        return upstream_request(request.endpoint, cluster, body)
 
     def _answer_key(self, request: _Request, body: RequestBody) -> str | None:
         spec = self._runtime.active.policy.models[_model(body)].answer_cache
@@ -298,25 +322,51 @@ class StreamProcessor:
             request.permit = None
         if request.failover_call is not None:
             runtime.failover_answered(request.failover_call)
-        rung = _serving_rung(request.decision, codec.read_hop(message))
+        hop = codec.read_hop(message)
+        rung = _serving_rung(request.decision, hop)
         if request.failover_call is not None:
             self.outcome = rung
-        keep = (
-            request.answer_key is not None
-            and status == 200
-            and request.body is not None
-            and not wants_stream(request.body, request.endpoint)
-        )
-        if not keep:
+        streaming = request.body is not None and wants_stream(request.body, request.endpoint)
+        request.rewrite = self._plan_rewrite(request, hop, status, streaming)
+        if status != 200 or streaming:
             request.answer_key = None
-        return codec.mark_response(rung, buffer_body=keep)
+        if request.rewrite is not None:
+            rewrite = request.rewrite
+            return codec.mark_response(rung, rewrite.mode, rewrite.content_type)
+        return codec.mark_response(rung, "buffered" if request.answer_key else None)
 
-    def _on_response_body(self, request: _Request, http_body: Any) -> None:
+    def _plan_rewrite(
+        self, request: _Request, hop: str | None, status: int, streaming: bool
+    ) -> ResponseRewrite | None:
+        if request.decision is None:
+            return None
+        clusters = self._runtime.active.policy.clusters
+        served = clusters.get(ClusterName(hop)) if hop else None
+        cluster = served or clusters[request.decision.cluster]
+        return plan_rewrite(
+            request.endpoint, cluster.provider, status, streaming, cluster.upstream_model
+        )
+
+    def _on_response_body(self, request: _Request, http_body: Any) -> Any:
+        rewrite = request.rewrite
+        if rewrite is not None and rewrite.mode == "streamed":
+            return codec.replace_response_chunk(
+                rewrite.chunk(http_body.body, http_body.end_of_stream)
+            )
+        body = http_body.body
+        if rewrite is not None and http_body.end_of_stream:
+            body = rewrite.whole(body)
+        self._keep_answer(request, body, http_body.end_of_stream)
+        if rewrite is not None:
+            return codec.replace_response_body(body)
+        return codec.continue_message_for("response_body")
+
+    def _keep_answer(self, request: _Request, body: bytes, complete: bool) -> None:
         key, request.answer_key = request.answer_key, None
-        if key is None or request.body is None or not http_body.end_of_stream:
+        if key is None or request.body is None or not complete:
             return
         try:
-            document = json.loads(http_body.body)
+            document = json.loads(body)
         except ValueError:
             return
         text = answer_text(request.endpoint, document)

@@ -21,13 +21,14 @@ from typing import Any
 
 from sidecar.core.breaker import Permit
 from sidecar.core.outcomes import classify
-from sidecar.domain.api import ApiFamily, endpoint_for_path
+from sidecar.domain.api import ApiFamily, Endpoint, endpoint_for_path
 from sidecar.domain.ids import ClusterName
 from sidecar.domain.outcome import Rejection
 from sidecar.domain.policy import ClusterSpec
 from sidecar.engine.runtime import RoutingRuntime
 from sidecar.extproc import codec
-from sidecar.providers.body import parse_request_body, rewrite_model
+from sidecar.providers.body import parse_request_body
+from sidecar.providers.upstream_request import upstream_request
 
 log = logging.getLogger("sidecar.failover")
 
@@ -38,6 +39,7 @@ class UpstreamProcessor:
     def __init__(self, runtime: RoutingRuntime) -> None:
         self._runtime = runtime
         self._family = ApiFamily.OPENAI
+        self._endpoint = Endpoint.OPENAI_CHAT
         self._plan: codec.FailoverPlan | None = None
         self._hop: ClusterSpec | None = None
         self._permit: Permit | None = None
@@ -65,13 +67,14 @@ class UpstreamProcessor:
         self._runtime.attempt_unanswered(self._plan.call, permit, elapsed)
 
     def _on_request_headers(self, message: Any) -> Any:
-        head = codec.read_head(message.request_headers)
-        endpoint = endpoint_for_path(head.path)
-        if endpoint is not None:
-            self._family = endpoint.family
         self._plan = codec.read_failover_plan(message.metadata_context)
         if self._plan is None:
             return self._refuse(*_misconfigured("the request carries no failover plan"))
+        endpoint = endpoint_for_path(self._plan.path)
+        if endpoint is None:
+            return self._refuse(*_misconfigured("the failover plan names no AI endpoint"))
+        self._endpoint = endpoint
+        self._family = endpoint.family
         hop = codec.read_hop(message)
         if hop is None:
             return self._refuse(*_misconfigured("the upstream endpoint names no hop"))
@@ -93,12 +96,17 @@ class UpstreamProcessor:
             log.info("attempt past an open breaker", extra={"cluster": hop.name})
         self._sent_at = runtime.clock.now()
         self.outcome = f"sent:{hop.name}"
+        prepared = upstream_request(self._endpoint, hop, body)
+        if isinstance(prepared, Rejection):
+            return self._refuse(prepared)
+        content, path = prepared
         policy = runtime.active.policy
         return codec.hop_request_body(
-            rewrite_model(body, hop.upstream_model),
+            content,
             runtime.active.credentials.get(hop.name),
             policy.cluster_header,
             policy.api_key_source.header,
+            path,
         )
 
     def _on_response_headers(self, http_headers: Any) -> None:

@@ -65,6 +65,8 @@ _FIRST = """\
             failure_mode_allow: false
             message_timeout: 1s
             stat_prefix: ai_sidecar_upstream
+            # :path changes when a hop speaks another API (Ollama's API to an OpenAI hop).
+            mutation_rules: {{allow_all_routing: true}}
             request_attributes: [xds.upstream_host_metadata]
             metadata_options:
               forwarding_namespaces:

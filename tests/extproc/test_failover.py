@@ -144,6 +144,7 @@ async def test_each_attempt_is_rewritten_for_its_hop_and_feeds_its_breaker(
     assert json.loads(rewritten) == {**chat(), "model": "gpt-4o-mini"}
     assert set_headers == {
         "content-length": str(len(rewritten)),
+        ":path": "/v1/chat/completions",
         "authorization": "Bearer sk-upstream-openai-demo",
     }
     assert "x-ai-sidecar-cluster" in removed
@@ -203,7 +204,11 @@ async def test_an_attempt_cut_short_by_the_client_leaving_is_not_a_failure(
     assert sidecar.runtime.snapshot()["failover_calls"] == 0
 
 
-GOOD_PLAN = {"call": "c" * 32, "hops": ["openai-premium", "openai-cheap", "ollama-local"]}
+GOOD_PLAN = {
+    "call": "c" * 32,
+    "hops": ["openai-premium", "openai-cheap", "ollama-local"],
+    "path": "/v1/chat/completions",
+}
 
 
 @pytest.mark.parametrize(

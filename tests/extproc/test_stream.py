@@ -118,6 +118,7 @@ async def test_a_routed_request_gets_cluster_model_and_credential(sidecar: Sidec
         "content-length": str(len(common.body_mutation.body)),
         "content-type": "application/json",
         "authorization": "Bearer sk-upstream-openai-demo",
+        ":path": "/v1/chat/completions",
     }
     removed = set(common.header_mutation.remove_headers)
     assert "authorization" not in removed, "it is overwritten with the cluster's credential"

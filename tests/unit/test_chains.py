@@ -115,7 +115,7 @@ def test_a_decision_may_fail_over_along_the_unbroken_run_after_its_cluster(
 
 
 def test_a_cluster_that_cannot_answer_the_api_ends_the_run(demo_active: ActivePolicy) -> None:
-    decision = _decide(demo_active, Fleet(), Endpoint.OLLAMA_CHAT)
+    decision = _decide(demo_active, Fleet(), Endpoint.OLLAMA_EMBED)
     assert (decision.cluster, decision.hops) == ("ollama-local", 1)
 
 

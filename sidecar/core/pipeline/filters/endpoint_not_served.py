@@ -1,6 +1,11 @@
-"""Excludes clusters whose servers do not speak the API the client called."""
+"""Excludes clusters whose servers cannot answer the API the client called.
+
+A cluster serves an endpoint when it speaks its API, or when the sidecar translates
+between the two (Ollama's chat and generate APIs to an OpenAI-style cluster).
+"""
 
 from sidecar.core.pipeline import Candidate, FleetView, PipelineRequest
+from sidecar.providers.translate import can_serve
 
 
 class EndpointNotServed:
@@ -9,6 +14,6 @@ class EndpointNotServed:
     def exclusion(
         self, candidate: Candidate, request: PipelineRequest, fleet: FleetView
     ) -> str | None:
-        if candidate.cluster.provider.serves(request.endpoint.family):
+        if can_serve(request.endpoint, candidate.cluster.provider):
             return None
         return f"does not serve {request.endpoint.path}"

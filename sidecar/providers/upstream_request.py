@@ -1,0 +1,26 @@
+"""What to send a cluster for a request: the body (and path) in the cluster's own API.
+
+Most requests keep their endpoint and only get the cluster's model name. A request to
+Ollama's native API (``/api/chat``, ``/api/generate``) served by an OpenAI-style cluster
+is translated to the OpenAI chat API (``sidecar.providers.translate``).
+"""
+
+from sidecar.domain.api import Endpoint
+from sidecar.domain.outcome import Rejection
+from sidecar.domain.policy import ClusterSpec
+from sidecar.providers.body import RequestBody, rewrite_model
+from sidecar.providers.translate import needs_translation, translate_request_body, upstream_path
+
+
+def upstream_request(
+    endpoint: Endpoint, cluster: ClusterSpec, body: RequestBody
+) -> tuple[bytes, str] | Rejection:
+    """The body and path for ``cluster``, or why the request cannot be expressed there."""
+    if not needs_translation(endpoint, cluster.provider):
+        return rewrite_model(body, cluster.upstream_model), endpoint.path
+    translated = translate_request_body(
+        endpoint, cluster.provider, body.document, cluster.upstream_model
+    )
+    if isinstance(translated, Rejection):
+        return translated
+    return translated, upstream_path(endpoint, cluster.provider)
