@@ -117,6 +117,13 @@ class RoutingRuntime:
     # the client went away. Only the request phase learns which, so such attempts wait in
     # the request's failover call until it does.
 
+    def record_unreached(self, cluster: ClusterName, status: int) -> None:
+        """Count a failure for ``cluster`` when Envoy answered ``status`` without trying it."""
+        permit = self.start_attempt(cluster)
+        if permit is not None:
+            detail = f"{status} before any model server was reached"
+            self.finish_call(permit, CallResult(failed=True, slow=False, detail=detail))
+
     def open_failover(self) -> str:
         """Start tracking a client request that may fail over; its id for the plan."""
         call = secrets.token_hex(16)

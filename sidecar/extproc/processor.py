@@ -320,9 +320,13 @@ class StreamProcessor:
             slow_after = runtime.fleet.breakers[request.permit.cluster].config.slow_call_s
             runtime.finish_call(request.permit, classify(status, elapsed, slow_after))
             request.permit = None
+        hop = codec.read_hop(message)
         if request.failover_call is not None:
             runtime.failover_answered(request.failover_call)
-        hop = codec.read_hop(message)
+            if hop is None and status >= 500 and request.decision is not None:
+                # Envoy answered before reaching any model server (an injected fault,
+                # no healthy host): the chain's first cluster takes the failure.
+                runtime.record_unreached(request.decision.cluster, status)
         rung = _serving_rung(request.decision, hop)
         if request.failover_call is not None:
             self.outcome = rung

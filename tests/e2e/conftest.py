@@ -62,8 +62,11 @@ class Harness:
         return streams
 
     async def set_fail_open(self, percent: int | None) -> None:
-        value = "" if percent is None else str(percent)
-        url = f"{ENVOY_ADMIN_URL}/runtime_modify?ai_sidecar.fail_open={value}"
+        await self.set_runtime("ai_sidecar.fail_open", "" if percent is None else str(percent))
+
+    async def set_runtime(self, key: str, value: str) -> None:
+        """Override an Envoy runtime key ('' drops the override)."""
+        url = f"{ENVOY_ADMIN_URL}/runtime_modify?{key}={value}"
         async with self.http.post(url) as response:
             assert response.status == 200, await response.text()
 

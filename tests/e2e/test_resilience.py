@@ -164,3 +164,25 @@ async def test_a_model_with_a_queue_parks_requests_when_nothing_can_answer(
         (body["id"], "demo-paid", "premium")
     ]
     assert (await state(chaos))["degraded_queues"]["premium"]["queued"] == 0
+
+
+async def test_a_chaos_drill_through_envoys_runtime_trips_breakers_then_ends(
+    chaos: Harness,
+) -> None:
+    await chaos.set_runtime("ai_sidecar.chaos.abort_percent", "100")
+    try:
+        statuses = []
+        for _ in range(20):
+            statuses.append((await ask(chaos, "sk-demo-free", content="drill"))[0])
+            if {await breaker(chaos, "openai-cheap"), await breaker(chaos, "ollama-local")} == {
+                "open"
+            }:
+                break
+        assert set(statuses) == {503}, "injected aborts reach the client until breakers open"
+        status, headers, body = await ask(chaos, "sk-demo-free", content="during the drill")
+        assert (status, headers["x-ai-sidecar-rung"]) == (200, "degraded")
+        assert "briefly unavailable" in body["choices"][0]["message"]["content"]
+    finally:
+        await chaos.set_runtime("ai_sidecar.chaos.abort_percent", "")
+    async with chaos.http.post("http://127.0.0.1:10000/upload", data=b"x") as response:
+        assert response.status == 200, "the drill never touched non-AI traffic"
