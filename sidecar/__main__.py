@@ -101,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     chains.add_argument(
         "--min-retry-concurrency",
         type=int,
-        default=3,
-        help="retries allowed at once whatever the percentage (3)",
+        default=10,
+        help="retries allowed at once whatever the percentage (10)",
     )
 
     hash_key = commands.add_parser("hash-key", help="print the policy entry for an API key")

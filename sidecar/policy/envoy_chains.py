@@ -22,7 +22,7 @@ class ChainOptions:
 
     sidecar_cluster: str = "ai_sidecar"
     budget_percent: float = 20.0
-    min_retry_concurrency: int = 3
+    min_retry_concurrency: int = 10
 
 
 _CODEC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"

@@ -186,3 +186,31 @@ async def test_a_chaos_drill_through_envoys_runtime_trips_breakers_then_ends(
         await chaos.set_runtime("ai_sidecar.chaos.abort_percent", "")
     async with chaos.http.post("http://127.0.0.1:10000/upload", data=b"x") as response:
         assert response.status == 200, "the drill never touched non-AI traffic"
+
+
+async def test_no_client_error_while_any_hop_lives_under_a_steady_stream(
+    chaos: Harness,
+) -> None:
+    premium = chaos.servers["openai-premium"]
+    models: list[str] = []
+    statuses: list[int] = []
+
+    async def client(count: int) -> None:
+        for n in range(count):
+            status, _, answer = await ask(chaos, "sk-demo-paid", content=f"steady {n}")
+            statuses.append(status)
+            models.append(answer.get("model", "") if status == 200 else "")
+
+    async def faults() -> None:
+        await wait_until(lambda: len(statuses) >= 20)
+        await premium.set_fault(mode="fail", status=503)
+        await wait_until(lambda: len(statuses) >= 50)
+        await premium.set_fault(mode="reset")
+        await wait_until(lambda: len(statuses) >= 80)
+        await chaos.servers["openai-cheap"].set_fault(mode="fail", status=500)
+
+    await asyncio.gather(*(client(30) for _ in range(4)), faults())
+    assert statuses == [200] * 120, "every client request got a good answer"
+    assert models[0] == "gpt-4o", "the primary served before the faults"
+    assert set(models[60:]) <= {"gpt-4o-mini", "llama3.2"}, "the next live hops served after"
+    assert "llama3.2" in models[90:], "with two hops down the last one answers"

@@ -132,7 +132,7 @@ def test_the_generated_aggregates_are_valid_yaml_with_filter_and_budget(
         hops = cluster["cluster_type"]["typed_config"]["clusters"]
         assert cluster["name"] == aggregate_name(hops)
         budget = cluster["circuit_breakers"]["thresholds"][0]["retry_budget"]
-        assert budget == {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 3}
+        assert budget == {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 10}
         options = cluster["typed_extension_protocol_options"]
         filters = next(iter(options.values()))["http_filters"]
         assert [f["name"] for f in filters] == [
