@@ -62,6 +62,7 @@ ErrorBody = Callable[[str, int], dict[str, Any]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_STALL_S = 300.0
+SERVICE_PREFIX = "/services/"
 MAX_STALLED_WAIT_S = 60.0
 RECORD_CAPACITY = 200
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
@@ -232,11 +233,19 @@ def _control_error(message: str, status: int) -> web.Response:
 # --- Echo -----------------------------------------------------------------------------------
 
 
-async def handle_echo(request: web.Request) -> web.Response:
-    """Any non-AI request: describe it back, to show what reached the server."""
+async def handle_echo(request: web.Request) -> web.StreamResponse:
+    """Any non-AI request: describe it back, to show what reached the server.
+
+    Paths under ``/services/`` stand for JSON services (a fraud model, a rule engine):
+    the active fault applies to them as to the AI endpoints.
+    """
     state = request.app[SERVER_STATE]
     body = await request.read()
     _record(state.recorder, request, body)
+    if request.path.startswith(SERVICE_PREFIX):
+        faulted = await _service_fault(request, state)
+        if faulted is not None:
+            return faulted
     return web.json_response(
         {
             "server": state.spec.name,
@@ -247,6 +256,20 @@ async def handle_echo(request: web.Request) -> web.Response:
             "headers": _lower_case_headers(request),
         }
     )
+
+
+async def _service_fault(request: web.Request, state: ServerState) -> web.StreamResponse | None:
+    fault = state.faults.take()
+    if fault.mode == "stall":
+        await state.faults.stall(state.max_stall_s)
+    if fault.latency_ms:
+        await state.sleep(fault.latency_ms / 1000)
+    if fault.mode == "reset":
+        return _drop_connection(request)
+    if fault.mode == "fail":
+        status = fault.status or DEFAULT_FAIL_STATUS
+        return web.json_response({"error": f"injected failure {status}"}, status=status)
+    return None
 
 
 # --- AI endpoints ---------------------------------------------------------------------------

@@ -36,4 +36,7 @@ DEMO_FLEET: tuple[ModelServerSpec, ...] = (
         name="enterprise-dedicated", api="openai", model="gpt-4o-enterprise", port=18003
     ),
     ModelServerSpec(name="ollama-local", api="ollama", model="llama3.2", port=18004),
+    # JSON services of a fraud-scoring chain: they answer any path with an echo.
+    ModelServerSpec(name="fraud-model", api="openai", model="fraud-v1", port=18005),
+    ModelServerSpec(name="rules-engine", api="openai", model="rules-v1", port=18006),
 )

@@ -21,11 +21,15 @@ _NEVER_IN_KEY = frozenset({"stream", "stream_options"})
 
 @dataclass(frozen=True, slots=True)
 class CachedAnswer:
-    """An earlier answer: the assistant's text, the model that wrote it, and when."""
+    """An earlier answer: the assistant's text, the model that wrote it, and when.
+
+    Answers of JSON services are kept whole instead: ``raw`` is the body as it came.
+    """
 
     text: str
     model: str
     stored_at: float
+    raw: bytes = b""
 
 
 def cache_key(

@@ -13,6 +13,8 @@ class ApiFamily(Enum):
 
     OPENAI = "openai"
     OLLAMA = "ollama"
+    JSON = "json"
+    """Any JSON-over-HTTP service (a fraud model, a rule engine): no model field."""
 
 
 class Endpoint(Enum):
@@ -24,13 +26,15 @@ class Endpoint(Enum):
     OLLAMA_CHAT = ("/api/chat", ApiFamily.OLLAMA)
     OLLAMA_GENERATE = ("/api/generate", ApiFamily.OLLAMA)
     OLLAMA_EMBED = ("/api/embed", ApiFamily.OLLAMA)
+    JSON_SERVICE = ("", ApiFamily.JSON)
+    """A service path the policy binds to a virtual model (the path is the request's)."""
 
     def __init__(self, path: str, family: ApiFamily) -> None:
         self.path = path
         self.family = family
 
 
-_ENDPOINT_BY_PATH = {endpoint.path: endpoint for endpoint in Endpoint}
+_ENDPOINT_BY_PATH = {endpoint.path: endpoint for endpoint in Endpoint if endpoint.path}
 
 
 def endpoint_for_path(path: str) -> Endpoint | None:
@@ -49,13 +53,21 @@ class Provider(Enum):
 
     OPENAI = "openai"
     OLLAMA = "ollama"
+    JSON = "json"
 
     def serves(self, family: ApiFamily) -> bool:
         """Whether servers of this provider answer requests of ``family``.
 
         Ollama serves its own API and an OpenAI-compatible one; OpenAI-style servers
-        serve only the OpenAI API.
+        serve only the OpenAI API; JSON services serve only their own requests.
         """
+        if self is Provider.JSON or family is ApiFamily.JSON:
+            return self is Provider.JSON and family is ApiFamily.JSON
         if self is Provider.OLLAMA:
             return True
         return family is ApiFamily.OPENAI
+
+    @property
+    def rewrites_model(self) -> bool:
+        """Whether requests to this provider carry a ``model`` the sidecar sets."""
+        return self is not Provider.JSON

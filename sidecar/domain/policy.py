@@ -47,6 +47,7 @@ class DegradedSpec:
 
     message: str | None
     queue_max: int | None
+    json: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class ModelSpec:
     name: ModelName
     answer_cache: AnswerCacheSpec | None = None
     degraded: DegradedSpec | None = None
+    paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,3 +146,4 @@ class Policy:
     tiers: Mapping[TierName, TierSpec]
     pools: tuple[PoolConfig, ...] = ()
     priority_rules: tuple[PriorityRule, ...] = ()
+    service_paths: Mapping[str, ModelName] = field(default_factory=dict)

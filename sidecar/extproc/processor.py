@@ -28,12 +28,13 @@ from sidecar.core.answer_cache import CachedAnswer, cache_key
 from sidecar.core.breaker import CallResult, Permit
 from sidecar.core.bulkhead import Slot
 from sidecar.core.chains import envoy_target
+from sidecar.core.classify import RoutedPath, classify_path
 from sidecar.core.degraded_queue import QueuedRequest
 from sidecar.core.identity import PresentedIdentity, identify
 from sidecar.core.outcomes import classify
 from sidecar.core.priority import priority_of
 from sidecar.core.router import RouteRequest, Unavailable
-from sidecar.domain.api import Endpoint, endpoint_for_path
+from sidecar.domain.api import Endpoint
 from sidecar.domain.ids import ClusterName
 from sidecar.domain.outcome import (
     Decision,
@@ -48,7 +49,7 @@ from sidecar.domain.outcome import (
 from sidecar.domain.policy import TenantSpec
 from sidecar.engine.runtime import RoutingRuntime, Shed
 from sidecar.extproc import codec
-from sidecar.providers.body import RequestBody, parse_request_body, rewrite_model, wants_stream
+from sidecar.providers.body import RequestBody, parse_body_for, rewrite_model, wants_stream
 from sidecar.providers.response_rewrite import ResponseRewrite, plan_rewrite
 from sidecar.providers.synthetic import answer_text, can_synthesize, synthesize
 from sidecar.providers.upstream_request import upstream_request
@@ -61,7 +62,7 @@ class _Request:
     """What the processor knows about its request, phase after phase."""
 
     tenant: TenantSpec
-    endpoint: Endpoint
+    routed: RoutedPath
     headers: dict[str, str]
     body: RequestBody | None = None
     slot: Slot | None = None
@@ -71,6 +72,10 @@ class _Request:
     sent_at: float = 0.0
     answer_key: str | None = None
     rewrite: ResponseRewrite | None = None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.routed.endpoint
 
 
 class StreamProcessor:
@@ -114,11 +119,12 @@ class StreamProcessor:
 
     def _on_request_headers(self, message: Any) -> Any:
         head = codec.read_head(message.request_headers)
-        endpoint = endpoint_for_path(head.path)
-        if endpoint is None:
+        policy = self._runtime.active.policy
+        routed = classify_path(head.path, policy)
+        if routed is None:
             self.outcome = "passed_through"
             return codec.pass_through()
-        policy = self._runtime.active.policy
+        endpoint = routed.endpoint
         early = self._check_head(head, endpoint, message.request_headers.end_of_stream)
         if early is not None:
             return self._reject(early, endpoint)
@@ -130,14 +136,14 @@ class StreamProcessor:
         tenant = identify(presented, policy)
         if isinstance(tenant, Rejection):
             return self._reject(tenant, endpoint)
-        self._request = _Request(tenant, endpoint, dict(head.headers))
+        self._request = _Request(tenant, routed, dict(head.headers))
         return codec.continue_request_headers()
 
     def _check_head(
         self, head: codec.RequestHead, endpoint: Endpoint, end_of_stream: bool
     ) -> Rejection | None:
         if head.method != "POST":
-            return method_not_allowed(head.method, endpoint.path)
+            return method_not_allowed(head.method, head.path.partition("?")[0])
         limit = self._runtime.active.policy.max_body_bytes
         if head.content_length is not None and head.content_length > limit:
             return body_too_large(limit)
@@ -154,7 +160,7 @@ class StreamProcessor:
         limit = self._runtime.active.policy.max_body_bytes
         if len(http_body.body) > limit:
             return self._reject(body_too_large(limit), request.endpoint)
-        body = parse_request_body(http_body.body)
+        body = parse_body_for(request.endpoint, http_body.body, request.routed.service_model)
         if isinstance(body, Rejection):
             return self._reject(body, request.endpoint)
         request.body = body
@@ -202,7 +208,7 @@ class StreamProcessor:
             # Each attempt takes its own permit (sidecar.extproc.upstream).
             request.failover_call = runtime.open_failover()
             plan = codec.FailoverPlan(
-                request.failover_call, decision.failover_hops, request.endpoint.path
+                request.failover_call, decision.failover_hops, request.routed.path
             )
         else:
             request.permit = runtime.start_call(decision)
@@ -241,13 +247,17 @@ class StreamProcessor:
         prepared here for the one cluster.
         """
         if decision.hops > 1:
-            return rewrite_model(body, decision.upstream_model), request.endpoint.path
+            first = self._runtime.active.policy.clusters[decision.cluster]
+            if not first.provider.rewrites_model:
+                return upstream_request(request.endpoint, request.routed.path, first, body)
+            return rewrite_model(body, decision.upstream_model), request.routed.path
         cluster = self._runtime.active.policy.clusters[decision.cluster]
-        return upstream_request(request.endpoint, cluster, body)
+        return upstream_request(request.endpoint, request.routed.path, cluster, body)
 
     def _answer_key(self, request: _Request, body: RequestBody) -> str | None:
         spec = self._runtime.active.policy.models[_model(body)].answer_cache
-        if spec is None or not can_synthesize(request.endpoint):
+        keepable = can_synthesize(request.endpoint) or request.endpoint is Endpoint.JSON_SERVICE
+        if spec is None or not keepable:
             return None
         return cache_key(
             spec, request.tenant.tenant_id, _model(body), body.document, request.headers
@@ -264,10 +274,14 @@ class StreamProcessor:
             extra={"model": out.requested_model, "skipped": [list(s) for s in out.skipped]},
         )
         cached = self._cached_answer(request, body)
+        if cached is not None and cached.raw:
+            return self._answer(200, cached.raw, "application/json", "cache")
         if cached is not None:
             content, content_type = synthesize(endpoint, cached.text, cached.model, stream)
             return self._answer(200, content, content_type, "cache")
         degraded = runtime.active.policy.models[out.requested_model].degraded
+        if degraded is not None and degraded.json is not None:
+            return self._answer(200, degraded.json, "application/json", "degraded")
         if degraded is not None and degraded.message and can_synthesize(endpoint):
             content, content_type = synthesize(endpoint, degraded.message, "degraded", stream)
             return self._answer(200, content, content_type, "degraded")
@@ -292,7 +306,7 @@ class StreamProcessor:
             request_id,
             request.tenant.tenant_id,
             out.requested_model,
-            request.endpoint.path,
+            request.routed.path,
             body.document,
             runtime.clock.now(),
         )
@@ -369,12 +383,15 @@ class StreamProcessor:
         key, request.answer_key = request.answer_key, None
         if key is None or request.body is None or not complete:
             return
+        cache = self._runtime.cache_for(_model(request.body))
+        if cache is not None and request.endpoint is Endpoint.JSON_SERVICE:
+            cache.put(key, CachedAnswer("", "", self._runtime.clock.now(), raw=body))
+            return
         try:
             document = json.loads(body)
         except ValueError:
             return
         text = answer_text(request.endpoint, document)
-        cache = self._runtime.cache_for(_model(request.body))
         if text is None or cache is None:
             return
         model = document.get("model") if isinstance(document.get("model"), str) else ""

@@ -20,14 +20,15 @@ import logging
 from typing import Any
 
 from sidecar.core.breaker import Permit
+from sidecar.core.classify import RoutedPath, classify_path
 from sidecar.core.outcomes import classify
-from sidecar.domain.api import ApiFamily, Endpoint, endpoint_for_path
+from sidecar.domain.api import ApiFamily, Endpoint
 from sidecar.domain.ids import ClusterName
 from sidecar.domain.outcome import Rejection
 from sidecar.domain.policy import ClusterSpec
 from sidecar.engine.runtime import RoutingRuntime
 from sidecar.extproc import codec
-from sidecar.providers.body import parse_request_body
+from sidecar.providers.body import parse_body_for
 from sidecar.providers.upstream_request import upstream_request
 
 log = logging.getLogger("sidecar.failover")
@@ -39,7 +40,7 @@ class UpstreamProcessor:
     def __init__(self, runtime: RoutingRuntime) -> None:
         self._runtime = runtime
         self._family = ApiFamily.OPENAI
-        self._endpoint = Endpoint.OPENAI_CHAT
+        self._routed = RoutedPath(Endpoint.OPENAI_CHAT, Endpoint.OPENAI_CHAT.path)
         self._plan: codec.FailoverPlan | None = None
         self._hop: ClusterSpec | None = None
         self._permit: Permit | None = None
@@ -70,11 +71,11 @@ class UpstreamProcessor:
         self._plan = codec.read_failover_plan(message.metadata_context)
         if self._plan is None:
             return self._refuse(*_misconfigured("the request carries no failover plan"))
-        endpoint = endpoint_for_path(self._plan.path)
-        if endpoint is None:
+        routed = classify_path(self._plan.path, self._runtime.active.policy)
+        if routed is None:
             return self._refuse(*_misconfigured("the failover plan names no AI endpoint"))
-        self._endpoint = endpoint
-        self._family = endpoint.family
+        self._routed = routed
+        self._family = routed.endpoint.family
         hop = codec.read_hop(message)
         if hop is None:
             return self._refuse(*_misconfigured("the upstream endpoint names no hop"))
@@ -87,7 +88,8 @@ class UpstreamProcessor:
     def _on_request_body(self, hop: ClusterSpec, http_body: Any) -> Any:
         if not http_body.end_of_stream:
             return self._refuse(*_misconfigured("the request body came in parts, not buffered"))
-        body = parse_request_body(http_body.body)
+        routed = self._routed
+        body = parse_body_for(routed.endpoint, http_body.body, routed.service_model)
         if isinstance(body, Rejection):
             return self._refuse(body)
         runtime = self._runtime
@@ -96,7 +98,7 @@ class UpstreamProcessor:
             log.info("attempt past an open breaker", extra={"cluster": hop.name})
         self._sent_at = runtime.clock.now()
         self.outcome = f"sent:{hop.name}"
-        prepared = upstream_request(self._endpoint, hop, body)
+        prepared = upstream_request(routed.endpoint, routed.path, hop, body)
         if isinstance(prepared, Rejection):
             return self._refuse(prepared)
         content, path = prepared

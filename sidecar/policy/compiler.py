@@ -5,6 +5,7 @@ virtual model and cluster) and cross-section rules are checked (one API key, one
 tenant). Problems carry the field path; the caller adds the lines.
 """
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -75,6 +76,24 @@ def _reference_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
     yield from _header_problems(message)
 
 
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _path_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
+    owner: dict[str, str] = {}
+    for name, model in sorted(message.models.items()):
+        for position, path in enumerate(model.paths):
+            where: FieldPath = ("models", name, "paths", position)
+            if path in owner:
+                yield (where, f"path '{path}' is already bound to model '{owner[path]}'")
+            owner.setdefault(path, name)
+
+
 _RESERVED_HEADERS = frozenset(
     {"authorization", "content-length", "content-type", "host", "cookie", "transfer-encoding"}
 )
@@ -121,8 +140,18 @@ def _pool_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
 def _resilience_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
     for name, model in message.models.items():
         degraded = model.degraded
-        if model.HasField("degraded") and bool(degraded.message) == bool(degraded.queue):
-            yield (("models", name, "degraded"), "set exactly one of 'message' or 'queue'")
+        chosen = [bool(degraded.message), degraded.queue, bool(degraded.json)]
+        if model.HasField("degraded") and sum(chosen) != 1:
+            yield (
+                ("models", name, "degraded"),
+                "set exactly one of 'message', 'queue' or 'json'",
+            )
+        if degraded.json and not _is_json(degraded.json):
+            yield (("models", name, "degraded", "json"), "is not a JSON document")
+    yield from _path_problems(message)
+    for name, cluster in message.clusters.items():
+        if cluster.provider != "json" and not cluster.model:
+            yield (("clusters", name, "model"), f"required for provider '{cluster.provider}'")
     breakers: list[tuple[FieldPath, Any]] = [(("breaker",), message.breaker)]
     breakers += [(("clusters", name, "breaker"), c.breaker) for name, c in message.clusters.items()]
     for path, breaker in breakers:
@@ -180,6 +209,9 @@ def _build(message: Any, digest: str) -> Policy:
             {TierName(name): _tier(name, tier) for name, tier in message.tiers.items()}
         ),
         pools=tuple(_pool(name, pool) for name, pool in sorted(message.pools.items())),
+        service_paths=MappingProxyType(
+            {path: ModelName(name) for name, m in message.models.items() for path in m.paths}
+        ),
         priority_rules=tuple(_priority_rule(rule) for rule in message.priority_rules),
     )
 
@@ -239,8 +271,9 @@ def _model(name: str, model: Any) -> ModelSpec:
         degraded = DegradedSpec(
             message=spec.message or None,
             queue_max=(spec.queue_max or 1000) if spec.queue else None,
+            json=spec.json.encode("utf-8") if spec.json else None,
         )
-    return ModelSpec(ModelName(name), cache, degraded)
+    return ModelSpec(ModelName(name), cache, degraded, tuple(model.paths))
 
 
 def _tier(name: str, tier: Any) -> TierSpec:

@@ -20,6 +20,22 @@ class RequestBody:
     model: str
 
 
+def parse_body_for(
+    endpoint: Endpoint, raw: bytes, service_model: str | None
+) -> RequestBody | Rejection:
+    """Parse a request to ``endpoint``: AI bodies name their model; service bodies do not.
+
+    A JSON service request (``service_model`` set) is any JSON object; its model is
+    the one the policy binds to its path.
+    """
+    if endpoint is not Endpoint.JSON_SERVICE or service_model is None:
+        return parse_request_body(raw)
+    document = _parse_object(raw)
+    if isinstance(document, Rejection):
+        return document
+    return RequestBody(document, service_model)
+
+
 def parse_request_body(raw: bytes) -> RequestBody | Rejection:
     """Parse ``raw`` as a UTF-8 JSON object with a non-empty string ``model``.
 
@@ -27,6 +43,16 @@ def parse_request_body(raw: bytes) -> RequestBody | Rejection:
     an upstream: invalid UTF-8, ``NaN`` and ``Infinity``, numbers too long to read, and
     nesting too deep to follow.
     """
+    document = _parse_object(raw)
+    if isinstance(document, Rejection):
+        return document
+    model = document.get("model")
+    if not isinstance(model, str) or not model:
+        return malformed_body("The request body must name a model in the 'model' field.")
+    return RequestBody(document, model)
+
+
+def _parse_object(raw: bytes) -> dict[str, Any] | Rejection:
     if not raw:
         return malformed_body("The request body is empty; send a JSON object.")
     try:
@@ -46,10 +72,7 @@ def parse_request_body(raw: bytes) -> RequestBody | Rejection:
         return malformed_body("The request body is nested too deeply.")
     if not isinstance(document, dict):
         return malformed_body("The request body must be a JSON object.")
-    model = document.get("model")
-    if not isinstance(model, str) or not model:
-        return malformed_body("The request body must name a model in the 'model' field.")
-    return RequestBody(document, model)
+    return document
 
 
 class _NotJsonError(ValueError):
@@ -62,6 +85,8 @@ def _refuse_constant(name: str) -> Any:
 
 def wants_stream(body: RequestBody, endpoint: Endpoint) -> bool:
     """Whether the client asked for a streamed answer (Ollama streams unless told not to)."""
+    if endpoint is Endpoint.JSON_SERVICE:
+        return False
     default = endpoint.family is ApiFamily.OLLAMA and endpoint is not Endpoint.OLLAMA_EMBED
     stream = body.document.get("stream", default)
     return stream is True

@@ -19,8 +19,12 @@ JSON = "application/json"
 
 
 def can_synthesize(endpoint: Endpoint) -> bool:
-    """Whether an answer made of text fits this endpoint (embeddings do not)."""
-    return endpoint not in (Endpoint.OPENAI_EMBEDDINGS, Endpoint.OLLAMA_EMBED)
+    """Whether an answer made of text fits this endpoint (embeddings and services do not)."""
+    return endpoint not in (
+        Endpoint.OPENAI_EMBEDDINGS,
+        Endpoint.OLLAMA_EMBED,
+        Endpoint.JSON_SERVICE,
+    )
 
 
 def synthesize(endpoint: Endpoint, text: str, model: str, stream: bool) -> tuple[bytes, str]:

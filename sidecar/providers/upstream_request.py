@@ -1,9 +1,12 @@
 """What to send a cluster for a request: the body (and path) in the cluster's own API.
 
-Most requests keep their endpoint and only get the cluster's model name. A request to
-Ollama's native API (``/api/chat``, ``/api/generate``) served by an OpenAI-style cluster
-is translated to the OpenAI chat API (``sidecar.providers.translate``).
+Most AI requests keep their endpoint and only get the cluster's model name. A request
+to Ollama's native API (``/api/chat``, ``/api/generate``) served by an OpenAI-style
+cluster is translated to the OpenAI chat API (``sidecar.providers.translate``). JSON
+service requests go as the client sent them.
 """
+
+import json
 
 from sidecar.domain.api import Endpoint
 from sidecar.domain.outcome import Rejection
@@ -13,11 +16,16 @@ from sidecar.providers.translate import needs_translation, translate_request_bod
 
 
 def upstream_request(
-    endpoint: Endpoint, cluster: ClusterSpec, body: RequestBody
+    endpoint: Endpoint, path: str, cluster: ClusterSpec, body: RequestBody
 ) -> tuple[bytes, str] | Rejection:
-    """The body and path for ``cluster``, or why the request cannot be expressed there."""
+    """The body and path for ``cluster``, or why the request cannot be expressed there.
+
+    ``path`` is the path the client called (the endpoint's, or a service path).
+    """
+    if not cluster.provider.rewrites_model:
+        return json.dumps(body.document, separators=(",", ":")).encode("utf-8"), path
     if not needs_translation(endpoint, cluster.provider):
-        return rewrite_model(body, cluster.upstream_model), endpoint.path
+        return rewrite_model(body, cluster.upstream_model), path
     translated = translate_request_body(
         endpoint, cluster.provider, body.document, cluster.upstream_model
     )

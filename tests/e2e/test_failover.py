@@ -179,7 +179,7 @@ async def test_every_aggregate_has_a_retry_budget_that_bounds_the_retries(
     url = f"{ENVOY_ADMIN_URL}/config_dump?resource=static_clusters&name_regex=chain--.*"
     async with failover.http.get(url) as response:
         clusters = [entry["cluster"] for entry in (await response.json())["configs"]]
-    assert len(clusters) == 5
+    assert len(clusters) == 6
     for cluster in clusters:
         (threshold,) = cluster["circuit_breakers"]["thresholds"]
         assert threshold["retry_budget"] == {

@@ -45,10 +45,11 @@ def test_every_suffix_of_two_or_more_clusters_needs_an_aggregate() -> None:
     assert chain_suffixes((C("a"),)) == []
 
 
-def test_the_demo_policy_needs_five_aggregates_each_once(demo_policy: Policy) -> None:
+def test_the_demo_policy_needs_six_aggregates_each_once(demo_policy: Policy) -> None:
     assert [aggregate_name(chain) for chain in failover_chains(demo_policy)] == [
         "chain--enterprise-dedicated--openai-premium",
         "chain--enterprise-dedicated--openai-premium--ollama-local",
+        "chain--fraud-model--rules-engine",
         "chain--openai-cheap--ollama-local",  # the paid suffix and the free chain share it
         "chain--openai-premium--ollama-local",
         "chain--openai-premium--openai-cheap--ollama-local",
@@ -127,7 +128,7 @@ def test_the_generated_aggregates_are_valid_yaml_with_filter_and_budget(
 ) -> None:
     text = render_aggregates(failover_chains(demo_policy), "policy.yaml", ChainOptions())
     clusters = yaml.safe_load("clusters:\n" + text)["clusters"]
-    assert len(clusters) == 5
+    assert len(clusters) == 6
     for cluster in clusters:
         hops = cluster["cluster_type"]["typed_config"]["clusters"]
         assert cluster["name"] == aggregate_name(hops)
@@ -207,9 +208,9 @@ def test_an_aggregate_without_filter_or_budget_is_reported(
     )
     text = text.replace("retry_budget:", "retry_budget_off:")
     problems = _problems(tmp_path, demo_policy, text)
-    assert len(problems) == 10, problems
-    assert sum("no upstream ext_proc filter" in p for p in problems) == 5
-    assert sum("no retry_budget" in p for p in problems) == 5
+    assert len(problems) == 12, problems
+    assert sum("no upstream ext_proc filter" in p for p in problems) == 6
+    assert sum("no retry_budget" in p for p in problems) == 6
 
 
 def test_a_model_cluster_whose_endpoints_do_not_name_it_is_reported(

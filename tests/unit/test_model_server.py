@@ -104,6 +104,8 @@ def test_demo_fleet_names_apis_models_and_ports() -> None:
         ("openai-premium", "openai", "gpt-4o", 18002),
         ("enterprise-dedicated", "openai", "gpt-4o-enterprise", 18003),
         ("ollama-local", "ollama", "llama3.2", 18004),
+        ("fraud-model", "openai", "fraud-v1", 18005),
+        ("rules-engine", "openai", "rules-v1", 18006),
     ]
 
 

@@ -68,9 +68,15 @@ BAD_CASES = [
     ),
     BadCase(
         "a required field left out",
+        "provider: openai, ",
+        "",
+        ":3: clusters.cheap.provider: required field is missing",
+    ),
+    BadCase(
+        "a model-serving cluster without its model",
         "model: gpt-4o-mini, ",
         "",
-        ":3: clusters.cheap.model: required field is missing",
+        ":3: clusters.cheap.model: required for provider 'openai'",
     ),
     BadCase(
         "a value outside an enumeration",
