@@ -34,6 +34,9 @@ from sidecar.policy.envoy_chains import ChainOptions, render_aggregates
 from sidecar.policy.envoy_check import check_envoy_config
 from sidecar.policy.loader import load_policy, resolve_credentials
 from sidecar.policy.problems import PolicyError
+from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.sinks import Telemetry
+from sidecar.telemetry.tracing import Tracing
 
 DEFAULT_LISTEN = "unix-abstract:ai-sidecar"
 DEFAULT_ADMIN = "127.0.0.1:9902"
@@ -75,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"admin HTTP host:port, or 'off' ({DEFAULT_ADMIN})",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--decision-log",
+        default="info",
+        choices=["debug", "info", "off"],
+        help="level of the per-request decision log line (info)",
+    )
     serve.add_argument(
         "--grace", type=float, default=10.0, help="seconds open streams get on shutdown (10)"
     )
@@ -198,12 +207,13 @@ class _ServeOptions:
     listen: str
     admin: str | None
     grace_s: float
+    decision_log: str = "info"
 
 
 def _serve_command(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     admin = None if args.admin == "off" else args.admin
-    options = _ServeOptions(args.policy, args.listen, admin, args.grace)
+    options = _ServeOptions(args.policy, args.listen, admin, args.grace, args.decision_log)
     try:
         policy = load_policy(options.policy_path)
         credentials = resolve_credentials(policy, os.environ, str(options.policy_path))
@@ -225,7 +235,8 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
     streams = StreamRegistry()
     attempts = StreamRegistry()
     runtime = RoutingRuntime(active, MonotonicClock())
-    service = ExternalProcessorService(lambda: runtime, streams, attempts)
+    telemetry = _telemetry(options, active, runtime, streams)
+    service = ExternalProcessorService(lambda: runtime, streams, attempts, telemetry)
     grpc_server = GrpcServer(service, options.listen, active.policy.max_body_bytes)
     serving = False
 
@@ -254,7 +265,9 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
             for item in queue.drain(limit)
         ]
 
-    admin_app = build_admin_app(state_view, lambda: serving, drain, _admin_token())
+    admin_app = build_admin_app(
+        state_view, lambda: serving, drain, _admin_token(), telemetry.metrics
+    )
     admin_runner = await _start_admin(options.admin, admin_app)
     await grpc_server.start()
     serving = True
@@ -268,6 +281,31 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
     await grpc_server.stop(options.grace_s)
     if admin_runner is not None:
         await admin_runner.cleanup()
+    await asyncio.to_thread(telemetry.tracing.shutdown)
+
+
+def _telemetry(
+    options: _ServeOptions,
+    active: ActivePolicy,
+    runtime: RoutingRuntime,
+    streams: StreamRegistry,
+) -> Telemetry:
+    """Tracing from the standard OTEL_* environment, metrics for /metrics, decision logs."""
+    policy = active.policy
+    tracing = Tracing.from_environment(os.environ, __version__)
+    metrics = Metrics(policy.models, policy.clusters, policy.tiers)
+    metrics.set_live_state(lambda: runtime.fleet.snapshot(runtime.clock.now()))
+    metrics.set_tracing_stats(tracing.stats)
+    metrics.set_stream_count(lambda: streams.active)
+    runtime.transition_listeners.append(
+        lambda t: metrics.breaker_transition(t.cluster, t.old.value, t.new.value)
+    )
+    level = (
+        None
+        if options.decision_log == "off"
+        else logging.getLevelName(options.decision_log.upper())
+    )
+    return Telemetry(tracing, metrics, level)
 
 
 def _admin_token() -> Secret | None:

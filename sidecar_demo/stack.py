@@ -126,6 +126,8 @@ class DemoStack:
     def __init__(self, layout: StackLayout) -> None:
         layout.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **DEMO_CREDENTIALS, **layout.extra_env}
+        if not any(name.startswith("OTEL_EXPORTER_OTLP") for name in env):
+            env.setdefault("OTEL_TRACES_EXPORTER", "none")  # no trace backend in the demo
         python = sys.executable
         bin_dir = Path(python).parent
         self.layout = layout

@@ -1,7 +1,8 @@
 """The admin HTTP application (aiohttp), bound to localhost by default.
 
 Read-only: ``/healthz`` answers while the process runs; ``/readyz`` only while the
-gRPC server accepts streams; ``/state`` shows the active policy and live state.
+gRPC server accepts streams; ``/state`` shows the active policy and live state;
+``/metrics`` is the Prometheus exposition.
 Mutating: ``POST /queues/{model}/drain`` hands parked requests to an operator. Every
 mutating call needs ``Authorization: Bearer <token>`` with the token the sidecar was
 started with; without a configured token, mutating calls are refused.
@@ -9,7 +10,7 @@ started with; without a configured token, mutating calls are refused.
 
 import hmac
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -26,14 +27,25 @@ _TOKEN = web.AppKey[Secret | None]("token")
 _MAX_DRAIN = 1000
 
 
+class MetricsSource(Protocol):
+    """Renders the Prometheus exposition: body and content type."""
+
+    def render(self) -> tuple[bytes, str]: ...
+
+
+_METRICS = web.AppKey[MetricsSource | None]("metrics")
+
+
 def build_admin_app(
     state_view: StateView,
     is_ready: ReadinessCheck,
     drain: QueueDrain,
     token: Secret | None,
+    metrics: MetricsSource | None = None,
 ) -> web.Application:
     """The admin application, reading live state through ``state_view``."""
     app = web.Application()
+    app[_METRICS] = metrics
     app[_STATE_VIEW] = state_view
     app[_IS_READY] = is_ready
     app[_DRAIN] = drain
@@ -41,6 +53,7 @@ def build_admin_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/state", _state)
+    app.router.add_get("/metrics", _metrics)
     app.router.add_post("/queues/{model}/drain", _drain_queue)
     return app
 
@@ -53,6 +66,16 @@ async def _readyz(request: web.Request) -> web.Response:
     if request.app[_IS_READY]():
         return web.json_response({"status": "ready"})
     return web.json_response({"status": "not ready"}, status=503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    metrics = request.app[_METRICS]
+    if metrics is None:
+        return _error(404, "metrics are off")
+    body, content_type = metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 async def _state(request: web.Request) -> web.Response:

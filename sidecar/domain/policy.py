@@ -19,6 +19,20 @@ DEFAULT_JWT_FAILURE_KEY = "jwt_failure"
 
 
 @dataclass(frozen=True, slots=True)
+class Price:
+    """What a cluster's tokens cost, in US dollars per million."""
+
+    input_per_million_usd: float
+    output_per_million_usd: float
+
+    def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
+        """The cost of one call that used these tokens."""
+        return (
+            input_tokens * self.input_per_million_usd + output_tokens * self.output_per_million_usd
+        ) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSpec:
     """An upstream model cluster and what its servers expect."""
 
@@ -28,6 +42,7 @@ class ClusterSpec:
     credential_env: str | None
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     max_concurrent: int | None = None
+    price: Price | None = None
 
 
 @dataclass(frozen=True, slots=True)

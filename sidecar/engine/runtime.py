@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ class RoutingRuntime:
     def __init__(self, active: ActivePolicy, clock: Clock) -> None:
         self.active = active
         self.clock = clock
+        self.transition_listeners: list[Callable[[Transition], None]] = []
         self.fleet = Fleet(active.policy)
         self._tickets = itertools.count(1)
         self._waiters: dict[int, asyncio.Future[Slot | Shed]] = {}
@@ -214,6 +216,8 @@ class RoutingRuntime:
 
     def _log_transitions(self, transitions: tuple[Transition, ...]) -> None:
         for transition in transitions:
+            for listener in self.transition_listeners:
+                listener(transition)
             log.warning(
                 "breaker %s: %s -> %s",
                 transition.cluster,

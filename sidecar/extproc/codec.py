@@ -13,7 +13,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import json_format, struct_pb2, text_format
+from google.protobuf import json_format, text_format
 
 from sidecar.domain.api import ApiFamily
 from sidecar.domain.outcome import Decision, Rejection
@@ -215,9 +215,9 @@ def mark_response(
     return response
 
 
-def replace_response_body(body: bytes) -> Any:
+def replace_response_body(body: bytes, log_fields: Mapping[str, Any] | None = None) -> Any:
     """Replace a buffered response body (and its length)."""
-    return ext_proc.ProcessingResponse(
+    response = ext_proc.ProcessingResponse(
         response_body=ext_proc.BodyResponse(
             response=ext_proc.CommonResponse(
                 header_mutation=ext_proc.HeaderMutation(
@@ -227,18 +227,35 @@ def replace_response_body(body: bytes) -> Any:
             )
         )
     )
+    _add_log_fields(response, log_fields)
+    return response
 
 
-def replace_response_chunk(chunk: bytes) -> Any:
+def replace_response_chunk(chunk: bytes, log_fields: Mapping[str, Any] | None = None) -> Any:
     """Replace one chunk of a streamed response body (an empty one sends nothing)."""
     mutation = (
         ext_proc.BodyMutation(body=chunk) if chunk else ext_proc.BodyMutation(clear_body=True)
     )
-    return ext_proc.ProcessingResponse(
+    response = ext_proc.ProcessingResponse(
         response_body=ext_proc.BodyResponse(
             response=ext_proc.CommonResponse(body_mutation=mutation)
         )
     )
+    _add_log_fields(response, log_fields)
+    return response
+
+
+def observed_response_chunk(log_fields: Mapping[str, Any] | None = None) -> Any:
+    """Let a response chunk through unchanged (the sidecar only read it)."""
+    response = ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
+    _add_log_fields(response, log_fields)
+    return response
+
+
+def _add_log_fields(response: Any, log_fields: Mapping[str, Any] | None) -> None:
+    """Hand decision fields to Envoy's access log as dynamic metadata ``ai.sidecar``."""
+    if log_fields:
+        response.dynamic_metadata.update({SIDECAR_NAMESPACE: dict(log_fields)})
 
 
 CLIENT_IDENTITY_HEADERS = (
@@ -261,6 +278,8 @@ def route_request_body(
     target: str | None = None,
     plan: FailoverPlan | None = None,
     path: str | None = None,
+    trace_headers: Mapping[str, str] | None = None,
+    log_fields: Mapping[str, Any] | None = None,
 ) -> Any:
     """Send the request to ``target`` with ``body`` and ``decision.cluster``'s credential.
 
@@ -283,6 +302,7 @@ def route_request_body(
     set_headers += _credential_headers(decision.credential)
     if path is not None:
         set_headers.append(_header(":path", path))
+    set_headers += [_header(name, value) for name, value in (trace_headers or {}).items()]
     mutation = ext_proc.HeaderMutation(
         set_headers=set_headers,
         remove_headers=_identity_headers(client_key_header, decision.credential),
@@ -296,8 +316,10 @@ def route_request_body(
             )
         )
     )
+    fields: dict[str, Any] = dict(log_fields or {})
     if plan is not None:
-        response.dynamic_metadata.CopyFrom(_plan_metadata(plan))
+        fields.update({"call": plan.call, "hops": list(plan.hops), "path": plan.path})
+    _add_log_fields(response, fields)
     return response
 
 
@@ -343,14 +365,6 @@ def _identity_headers(client_key_header: str, credential: Secret | None) -> list
     if credential is not None:
         removed.pop("authorization", None)
     return list(removed)
-
-
-def _plan_metadata(plan: FailoverPlan) -> Any:
-    metadata = struct_pb2.Struct()
-    metadata.update(
-        {SIDECAR_NAMESPACE: {"call": plan.call, "hops": list(plan.hops), "path": plan.path}}
-    )
-    return metadata
 
 
 def continue_message_for(phase: str) -> Any:

@@ -46,13 +46,17 @@ from sidecar.domain.outcome import (
     no_cluster_available,
     shed,
 )
-from sidecar.domain.policy import TenantSpec
+from sidecar.domain.policy import ClusterSpec, TenantSpec
 from sidecar.engine.runtime import RoutingRuntime, Shed
 from sidecar.extproc import codec
+from sidecar.extproc.answer_watch import AnswerWatch
 from sidecar.providers.body import RequestBody, parse_body_for, rewrite_model, wants_stream
-from sidecar.providers.response_rewrite import ResponseRewrite, plan_rewrite
+from sidecar.providers.response_rewrite import plan_rewrite
 from sidecar.providers.synthetic import answer_text, can_synthesize, synthesize
 from sidecar.providers.upstream_request import upstream_request
+from sidecar.telemetry.record import RequestRecord
+from sidecar.telemetry.sinks import Telemetry
+from sidecar.telemetry.tracing import SpanHandle
 
 log = logging.getLogger("sidecar.routing")
 
@@ -71,7 +75,7 @@ class _Request:
     failover_call: str | None = None
     sent_at: float = 0.0
     answer_key: str | None = None
-    rewrite: ResponseRewrite | None = None
+    watch: AnswerWatch | None = None
 
     @property
     def endpoint(self) -> Endpoint:
@@ -81,9 +85,12 @@ class _Request:
 class StreamProcessor:
     """Answers the ext_proc messages of one HTTP request, phase by phase."""
 
-    def __init__(self, runtime: RoutingRuntime) -> None:
+    def __init__(self, runtime: RoutingRuntime, telemetry: Telemetry | None = None) -> None:
         self._runtime = runtime
+        self._telemetry = telemetry or Telemetry.disabled()
         self._request: _Request | None = None
+        self._record: RequestRecord | None = None
+        self._span: SpanHandle | None = None
         self.outcome = "open"
         """How the request ended up: open, passed_through, rejected:<code>, routed, <rung>."""
 
@@ -102,6 +109,13 @@ class StreamProcessor:
 
     def close(self) -> None:
         """Give back the slot and the breaker permit, whatever ended the stream."""
+        self._release()
+        record, self._record = self._record, None
+        if record is not None and self._span is not None:
+            record.ended_at_s = self._runtime.clock.now()
+            self._telemetry.end(record, self._span)
+
+    def _release(self) -> None:
         request, self._request = self._request, None
         if request is None:
             return
@@ -125,6 +139,8 @@ class StreamProcessor:
             self.outcome = "passed_through"
             return codec.pass_through()
         endpoint = routed.endpoint
+        self._record = RequestRecord(self._runtime.clock.now(), routed.path, endpoint.family.value)
+        self._span = self._telemetry.begin(head.headers, routed.path)
         early = self._check_head(head, endpoint, message.request_headers.end_of_stream)
         if early is not None:
             return self._reject(early, endpoint)
@@ -137,6 +153,9 @@ class StreamProcessor:
         if isinstance(tenant, Rejection):
             return self._reject(tenant, endpoint)
         self._request = _Request(tenant, routed, dict(head.headers))
+        if self._record is not None:
+            self._record.tenant = tenant.tenant_id
+            self._record.tier = tenant.tier
         return codec.continue_request_headers()
 
     def _check_head(
@@ -164,6 +183,11 @@ class StreamProcessor:
         if isinstance(body, Rejection):
             return self._reject(body, request.endpoint)
         request.body = body
+        record = self._record
+        if record is not None:
+            record.stream = wants_stream(body, request.endpoint)
+            if body.model in self._runtime.active.policy.models:
+                record.model = body.model
         refused = await self._take_slot(request)
         if refused is not None:
             return self._reject(refused, request.endpoint)
@@ -182,6 +206,7 @@ class StreamProcessor:
         priority = priority_of(tier, request.headers, policy.priority_rules)
         ask = self._runtime.new_ask(request.tenant.tenant_id, priority)
         admitted = await self._runtime.admit(tier.pool, ask)
+        self._note_pool(tier.pool, priority, admitted)
         if isinstance(admitted, Shed):
             log.info(
                 "shed",
@@ -196,6 +221,37 @@ class StreamProcessor:
         request.slot = admitted
         return None
 
+    def _note_pool(self, pool: str, priority: int, admitted: Slot | Shed) -> None:
+        record = self._record
+        if record is None:
+            return
+        occupancy = self._runtime.fleet.pools.snapshot()[pool]
+        record.pool = pool
+        record.priority = priority
+        record.pool_in_use = occupancy["in_use"]
+        record.pool_capacity = occupancy["max_concurrent"]
+        if isinstance(admitted, Shed):
+            now = self._runtime.clock.now()
+            record.outcome = "shed"
+            record.event("shed", now, pool=pool, reason=admitted.reason)
+
+    def _note_decision(self, decision: Decision) -> None:
+        record = self._record
+        if record is None:
+            return
+        cluster = self._runtime.active.policy.clusters[decision.cluster]
+        record.cluster = decision.cluster
+        record.upstream_model = cluster.upstream_model or None
+        record.provider_name = cluster.provider.value
+        record.rung = decision.rung
+        record.fallback_depth = decision.fallback_depth
+        record.reason = decision.reason
+        record.skipped = [(str(name), why) for name, why in decision.skipped]
+        record.breaker_state = self._runtime.fleet.breakers[decision.cluster].state.value
+        now = self._runtime.clock.now()
+        for name, why in decision.skipped:
+            record.event("fallback", now, from_cluster=str(name), reason=why)
+
     def _send_upstream(self, request: _Request, body: RequestBody, decision: Decision) -> Any:
         runtime = self._runtime
         prepared = self._prepare(request, body, decision)
@@ -203,6 +259,7 @@ class StreamProcessor:
             return self._reject(prepared, request.endpoint)
         content, path = prepared
         request.decision = decision
+        self._note_decision(decision)
         plan = None
         if decision.hops > 1:
             # Each attempt takes its own permit (sidecar.extproc.upstream).
@@ -235,7 +292,39 @@ class StreamProcessor:
             target=envoy_target(decision.chain_rest or (decision.cluster,), decision.hops),
             plan=plan,
             path=path,
+            trace_headers=self._trace_headers(),
+            log_fields=self._log_fields(),
         )
+
+    def _trace_headers(self) -> dict[str, str]:
+        """W3C trace context naming the sidecar's span, for the upstream request."""
+        span = self._span
+        headers: dict[str, str] = {}
+        if span is None:
+            return headers
+        traceparent, tracestate = span.traceparent(), span.tracestate()
+        if traceparent:
+            headers["traceparent"] = traceparent
+        if tracestate:
+            headers["tracestate"] = tracestate
+        return headers
+
+    def _log_fields(self) -> dict[str, Any]:
+        """The decision, for Envoy's access log (dynamic metadata ``ai.sidecar``)."""
+        record = self._record
+        if record is None:
+            return {}
+        fields = {
+            "tenant": record.tenant,
+            "tier": record.tier,
+            "model": record.model,
+            "cluster": record.cluster,
+            "rung": record.rung,
+            "input_tokens": record.input_tokens,
+            "output_tokens": record.output_tokens,
+            "cost_usd": record.cost_usd,
+        }
+        return {name: value for name, value in fields.items() if value is not None}
 
     def _prepare(
         self, request: _Request, body: RequestBody, decision: Decision
@@ -322,6 +411,11 @@ class StreamProcessor:
 
     def _answer(self, status: int, body: bytes, content_type: str, rung: str) -> Any:
         self.outcome = rung
+        record = self._record
+        if record is not None:
+            record.outcome = rung
+            record.rung = rung
+            record.status = status
         return codec.answer(status, body, content_type, rung)
 
     # -- response --------------------------------------------------------------------
@@ -344,40 +438,79 @@ class StreamProcessor:
         rung = _serving_rung(request.decision, hop)
         if request.failover_call is not None:
             self.outcome = rung
-        streaming = request.body is not None and wants_stream(request.body, request.endpoint)
-        request.rewrite = self._plan_rewrite(request, hop, status, streaming)
+        served = self._served_cluster(request, hop)
+        self._note_answer(status, rung, served)
+        if request.decision is None or served is None or request.body is None:
+            return codec.mark_response(rung)
+        streaming = wants_stream(request.body, request.endpoint)
         if status != 200 or streaming:
             request.answer_key = None
-        if request.rewrite is not None:
-            rewrite = request.rewrite
-            return codec.mark_response(rung, rewrite.mode, rewrite.content_type)
-        return codec.mark_response(rung, "buffered" if request.answer_key else None)
+        rewrite = plan_rewrite(
+            request.endpoint, served.provider, status, streaming, served.upstream_model
+        )
+        upstream_endpoint = Endpoint.OPENAI_CHAT if rewrite is not None else request.endpoint
+        request.watch = AnswerWatch(upstream_endpoint, streaming and status < 400, rewrite)
+        content_type = rewrite.content_type if rewrite is not None else None
+        return codec.mark_response(rung, request.watch.body_mode, content_type)
 
-    def _plan_rewrite(
-        self, request: _Request, hop: str | None, status: int, streaming: bool
-    ) -> ResponseRewrite | None:
+    def _served_cluster(self, request: _Request, hop: str | None) -> ClusterSpec | None:
+        """The cluster that answered: the hop Envoy names, else the one chosen."""
         if request.decision is None:
             return None
         clusters = self._runtime.active.policy.clusters
         served = clusters.get(ClusterName(hop)) if hop else None
-        cluster = served or clusters[request.decision.cluster]
-        return plan_rewrite(
-            request.endpoint, cluster.provider, status, streaming, cluster.upstream_model
-        )
+        return served or clusters[request.decision.cluster]
+
+    def _note_answer(self, status: int, rung: str, served: ClusterSpec | None) -> None:
+        record = self._record
+        if record is None:
+            return
+        record.status = status
+        record.first_byte_at_s = self._runtime.clock.now()
+        record.outcome = "routed"
+        record.rung = rung
+        if served is not None and served.name != record.cluster:
+            record.event(
+                "fallback",
+                record.first_byte_at_s,
+                from_cluster=record.cluster or "",
+                reason="failed over inside the request",
+            )
+            record.cluster = served.name
+            record.upstream_model = served.upstream_model or None
+            record.provider_name = served.provider.value
+            record.fallback_depth = max(record.fallback_depth, 1)
 
     def _on_response_body(self, request: _Request, http_body: Any) -> Any:
-        rewrite = request.rewrite
-        if rewrite is not None and rewrite.mode == "streamed":
-            return codec.replace_response_chunk(
-                rewrite.chunk(http_body.body, http_body.end_of_stream)
-            )
-        body = http_body.body
-        if rewrite is not None and http_body.end_of_stream:
-            body = rewrite.whole(body)
-        self._keep_answer(request, body, http_body.end_of_stream)
-        if rewrite is not None:
-            return codec.replace_response_body(body)
-        return codec.continue_message_for("response_body")
+        watch = request.watch
+        if watch is None:
+            return codec.continue_message_for("response_body")
+        replacement = watch.chunk(http_body.body, http_body.end_of_stream)
+        metadata: dict[str, Any] = {}
+        if http_body.end_of_stream:
+            self._note_usage(watch)
+            if watch.whole_body is not None:
+                self._keep_answer(request, watch.whole_body, True)
+            metadata = self._log_fields()
+        if replacement is None:
+            return codec.observed_response_chunk(metadata)
+        if watch.body_mode == "buffered":
+            return codec.replace_response_body(replacement, metadata)
+        return codec.replace_response_chunk(replacement, metadata)
+
+    def _note_usage(self, watch: AnswerWatch) -> None:
+        record = self._record
+        if record is None or watch.usage is None:
+            return
+        record.input_tokens = watch.usage.input_tokens
+        record.output_tokens = watch.usage.output_tokens
+        record.response_model = watch.response_model
+        if record.cluster is not None:
+            price = self._runtime.active.policy.clusters[ClusterName(record.cluster)].price
+            if price is not None:
+                record.cost_usd = price.cost_usd(
+                    watch.usage.input_tokens, watch.usage.output_tokens
+                )
 
     def _keep_answer(self, request: _Request, body: bytes, complete: bool) -> None:
         key, request.answer_key = request.answer_key, None
@@ -405,6 +538,13 @@ class StreamProcessor:
 
     def _reject(self, rejection: Rejection, endpoint: Endpoint) -> Any:
         self.outcome = f"rejected:{rejection.code}"
+        record = self._record
+        if record is not None:
+            if record.outcome != "shed":
+                record.outcome = "rejected"
+                record.event("rejected", self._runtime.clock.now(), code=rejection.code)
+            record.error_code = rejection.code
+            record.status = rejection.status
         return codec.reject(rejection, endpoint.family)
 
 

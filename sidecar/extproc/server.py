@@ -26,6 +26,7 @@ from sidecar.engine.runtime import RoutingRuntime
 from sidecar.extproc import codec
 from sidecar.extproc.processor import StreamProcessor
 from sidecar.extproc.upstream import UpstreamProcessor
+from sidecar.telemetry.sinks import Telemetry
 
 log = logging.getLogger("sidecar.extproc")
 
@@ -75,10 +76,12 @@ class ExternalProcessorService(ext_proc_grpc.ExternalProcessorServicer):  # type
         current_runtime: Callable[[], RoutingRuntime],
         streams: StreamRegistry,
         attempts: StreamRegistry | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._current_runtime = current_runtime
         self._streams = streams
         self._attempts = attempts if attempts is not None else StreamRegistry()
+        self._telemetry = telemetry or Telemetry.disabled()
 
     async def Process(  # noqa: N802 - the gRPC method name
         self, request_iterator: AsyncIterator[Any], context: Any
@@ -88,7 +91,8 @@ class ExternalProcessorService(ext_proc_grpc.ExternalProcessorServicer):  # type
         if _role(context) == UPSTREAM_ROLE:
             processor, registry = UpstreamProcessor(self._current_runtime()), self._attempts
         else:
-            processor, registry = StreamProcessor(self._current_runtime()), self._streams
+            processor = StreamProcessor(self._current_runtime(), self._telemetry)
+            registry = self._streams
         with registry.track():
             try:
                 async for request in request_iterator:

@@ -25,6 +25,7 @@ from sidecar.domain.policy import (
     JwtSource,
     ModelSpec,
     Policy,
+    Price,
     PriorityBand,
     PriorityRule,
     RouteSpec,
@@ -224,6 +225,11 @@ def _cluster(name: str, cluster: Any, policy_breaker: Any) -> ClusterSpec:
         credential_env=cluster.credential_env or None,
         breaker=_breaker(policy_breaker, cluster.breaker),
         max_concurrent=cluster.max_concurrent or None,
+        price=(
+            Price(cluster.price.input_per_million_usd, cluster.price.output_per_million_usd)
+            if cluster.HasField("price")
+            else None
+        ),
     )
 
 

@@ -6,8 +6,10 @@ kept under ``test-artifacts/e2e/``. Each test starts with no faults, no recorded
 requests, a running sidecar and Envoy's fail mode as the file sets it.
 """
 
+import asyncio
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ from sidecar_demo.specs import DEMO_FLEET
 from sidecar_demo.stack import ENVOY_ADMIN, ENVOY_LISTENER, SIDECAR_ADMIN, DemoStack, StackLayout
 from sidecar_demo.tokens import demo_tenant_token
 from tests.conftest import DEMO_POLICY, ENVOY_CONFIG, ROOT
+from tests.fakes.otlp_receiver import CollectedSpan, OtlpReceiver
 
 ENVOY = f"http://{ENVOY_LISTENER[0]}:{ENVOY_LISTENER[1]}"
 ENVOY_ADMIN_URL = f"http://{ENVOY_ADMIN[0]}:{ENVOY_ADMIN[1]}"
@@ -26,9 +29,62 @@ SIDECAR_ADMIN_URL = f"http://{SIDECAR_ADMIN[0]}:{SIDECAR_ADMIN[1]}"
 SERVER_URLS = {spec.name: spec.base_url for spec in DEMO_FLEET}
 
 
+class BackgroundReceiver:
+    """The OTLP receiver on its own event loop in a thread, for the whole session.
+
+    Test event loops come and go; the sidecar exports spans whenever its batch is due,
+    so the receiver lives on a loop of its own. Calls that touch it run on that loop.
+    """
+
+    def __init__(self) -> None:
+        self.receiver = OtlpReceiver()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> str:
+        self._thread.start()
+        return self.call(self.receiver.start())
+
+    def stop(self) -> None:
+        self.call(self.receiver.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
+
+    def do(self, action: Callable[[], None]) -> None:
+        async def run() -> None:
+            action()
+
+        self.call(run())
+
+    @property
+    def spans(self) -> list[CollectedSpan]:
+        return list(self.receiver.spans)
+
+
 @pytest.fixture(scope="session")
-def stack() -> Iterator[DemoStack]:
-    demo = DemoStack(StackLayout(DEMO_POLICY, ENVOY_CONFIG, ROOT / "test-artifacts" / "e2e"))
+def otlp() -> Iterator[BackgroundReceiver]:
+    background = BackgroundReceiver()
+    background.start()
+    try:
+        yield background
+    finally:
+        background.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(otlp: BackgroundReceiver) -> Iterator[DemoStack]:
+    tracing = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{otlp.receiver.address}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "2",
+        "OTEL_SERVICE_NAME": "ai-routing-sidecar",
+    }
+    layout = StackLayout(DEMO_POLICY, ENVOY_CONFIG, ROOT / "test-artifacts" / "e2e", tracing)
+    demo = DemoStack(layout)
     demo.start()
     try:
         yield demo

@@ -133,7 +133,9 @@ async def test_a_cluster_without_credential_gets_the_client_key_removed(sidecar:
     _, second = await sidecar.exchange(headers(), body(chat("local")))
     assert set_headers(second)["x-ai-sidecar-cluster"] == "ollama-local"
     assert set_headers(second)["x-envoy-max-retries"] == "0", "one cluster: no retry"
-    assert not second.HasField("dynamic_metadata")
+    metadata = json_format.MessageToDict(second.dynamic_metadata)["ai.sidecar"]
+    assert "hops" not in metadata, "one cluster: no failover plan"
+    assert (metadata["tenant"], metadata["cluster"]) == ("demo-paid", "ollama-local")
     assert "authorization" not in set_headers(second)
     assert "authorization" in second.request_body.response.header_mutation.remove_headers
 
