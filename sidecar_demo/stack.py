@@ -8,9 +8,8 @@ this process (it receives SIGTERM if this process dies), so nothing outlives a r
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,7 +35,6 @@ DEMO_CREDENTIALS = {
 }
 """Stand-in provider credentials the demo sidecar injects (the demo servers accept any)."""
 
-_PR_SET_PDEATHSIG = 1
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 10.0
 
@@ -45,10 +43,17 @@ class StackError(RuntimeError):
     """A part of the stack could not start; the message says which and why."""
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to send SIGTERM when the parent dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _tied_to_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` run so that Linux sends it SIGTERM if this process dies.
+
+    util-linux's ``setpriv --pdeathsig`` does it before exec; Python code between fork
+    and exec (``preexec_fn``) is not safe here, since the tests run threads (a gRPC
+    trace receiver) whose locks a forked child could inherit held.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return list(argv)
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
 
 @dataclass
@@ -68,12 +73,11 @@ class ManagedProcess:
             raise StackError(f"{self.name} is already running (pid {self.process.pid})")
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.argv,
+            _tied_to_parent(self.argv),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=dict(self.env),
-            preexec_fn=_die_with_parent,
         )
         self._wait_ready()
 

@@ -142,8 +142,22 @@ async def test_metrics_count_requests_tokens_and_cost(harness: Harness) -> None:
     before = await scrape(harness)
     answers = [await chat(harness, "sk-demo-free") for _ in range(5)]
     await chat(harness, "sk-nobody")
-    after = await scrape(harness)
     labels = {"model": "chat", "cluster": "openai-cheap", "tier": "free"}
+    unknown = {"model": "none", "cluster": "none", "tier": "none", "outcome": "rejected"}
+    counted: dict[str, Any] = {}
+
+    async def all_counted() -> bool:
+        # A request is counted when its ext_proc stream ends, just after the answer.
+        counted["after"] = await scrape(harness)
+        routed = value(counted["after"], "ai_sidecar_requests_total", **labels, outcome="routed")
+        refused = value(counted["after"], "ai_sidecar_requests_total", **unknown)
+        before_routed = value(before, "ai_sidecar_requests_total", **labels, outcome="routed")
+        return routed - before_routed >= 5 and refused > value(
+            before, "ai_sidecar_requests_total", **unknown
+        )
+
+    await wait_until(all_counted)
+    after = counted["after"]
 
     def delta(name: str, **extra: str) -> float:
         return value(after, name, **labels, **extra) - value(before, name, **labels, **extra)
@@ -156,7 +170,6 @@ async def test_metrics_count_requests_tokens_and_cost(harness: Harness) -> None:
     cost = (prompt * 0.15 + completion * 0.60) / 1_000_000
     assert delta("ai_sidecar_cost_usd_total") == pytest.approx(cost)
     assert delta("ai_sidecar_request_duration_seconds_count") == 5
-    unknown = {"model": "none", "cluster": "none", "tier": "none", "outcome": "rejected"}
     rejected = value(after, "ai_sidecar_requests_total", **unknown) - value(
         before, "ai_sidecar_requests_total", **unknown
     )
