@@ -43,6 +43,7 @@ class _FailoverCall:
 
     answered: bool = False
     unanswered: list[tuple[Permit, float]] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
 
 
 class RoutingRuntime:
@@ -97,8 +98,21 @@ class RoutingRuntime:
     def start_call(self, decision: Decision) -> Permit | None:
         return self.start_attempt(decision.cluster)
 
-    def finish_call(self, permit: Permit, result: CallResult | None) -> None:
-        self._log_transitions(self.fleet.finish_call(permit, result, self.clock.now()))
+    def finish_call(
+        self, permit: Permit, result: CallResult | None, call: str | None = None
+    ) -> tuple[Transition, ...]:
+        """End a call; the breaker transitions it caused (kept with ``call`` if given)."""
+        transitions = self.fleet.finish_call(permit, result, self.clock.now())
+        self._log_transitions(transitions)
+        tracked = self._failovers.get(call) if call is not None else None
+        if tracked is not None:
+            tracked.transitions.extend(transitions)
+        return transitions
+
+    def failover_transitions(self, call: str) -> list[Transition]:
+        """Breaker transitions the attempts of ``call`` caused so far."""
+        tracked = self._failovers.get(call)
+        return list(tracked.transitions) if tracked is not None else []
 
     def start_attempt(self, cluster: ClusterName) -> Permit | None:
         """A breaker permit for a call to ``cluster`` (None: the breaker refuses it now)."""

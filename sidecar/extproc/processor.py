@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.core.answer_cache import CachedAnswer, cache_key
-from sidecar.core.breaker import CallResult, Permit
+from sidecar.core.breaker import CallResult, Permit, Transition
 from sidecar.core.bulkhead import Slot
 from sidecar.core.chains import envoy_target
 from sidecar.core.classify import RoutedPath, classify_path
@@ -123,6 +123,7 @@ class StreamProcessor:
             self._runtime.finish_call(request.permit, self._unanswered(request))
             request.permit = None
         if request.failover_call is not None:
+            self._note_transitions(tuple(self._runtime.failover_transitions(request.failover_call)))
             self._runtime.close_failover(request.failover_call)
             request.failover_call = None
         if request.slot is not None:
@@ -220,6 +221,20 @@ class StreamProcessor:
             return shed(admitted.status, admitted.reason, admitted.retry_after_s)
         request.slot = admitted
         return None
+
+    def _note_transitions(self, transitions: tuple[Transition, ...]) -> None:
+        record = self._record
+        if record is None:
+            return
+        for transition in transitions:
+            record.event(
+                "breaker_transition",
+                transition.at,
+                cluster=str(transition.cluster),
+                from_state=transition.old.value,
+                to_state=transition.new.value,
+                reason=transition.reason,
+            )
 
     def _note_pool(self, pool: str, priority: int, admitted: Slot | Shed) -> None:
         record = self._record
@@ -426,7 +441,9 @@ class StreamProcessor:
         if request.permit is not None:
             elapsed = runtime.clock.now() - request.sent_at
             slow_after = runtime.fleet.breakers[request.permit.cluster].config.slow_call_s
-            runtime.finish_call(request.permit, classify(status, elapsed, slow_after))
+            self._note_transitions(
+                runtime.finish_call(request.permit, classify(status, elapsed, slow_after))
+            )
             request.permit = None
         hop = codec.read_hop(message)
         if request.failover_call is not None:

@@ -120,7 +120,8 @@ class UpstreamProcessor:
         runtime = self._runtime
         elapsed = runtime.clock.now() - self._sent_at
         slow_after = runtime.fleet.breakers[permit.cluster].config.slow_call_s
-        runtime.finish_call(permit, classify(status, elapsed, slow_after))
+        call = self._plan.call if self._plan is not None else None
+        runtime.finish_call(permit, classify(status, elapsed, slow_after), call)
 
     def _refuse(self, rejection: Rejection, detail: str = "") -> Any:
         self.outcome = f"refused:{rejection.code}"

@@ -236,3 +236,46 @@ async def test_envoys_access_log_and_the_decision_log_say_why(harness: Harness) 
     assert decision is not None
     assert decision["cluster"] == "enterprise-dedicated"
     assert len(decision["trace_id"]) == 32
+
+
+async def test_the_request_that_trips_a_breaker_carries_the_transition(
+    fresh: Harness, otlp: BackgroundReceiver
+) -> None:
+    await fresh.servers["openai-premium"].set_fault(mode="fail", status=503)
+    trace_ids = []
+    for _ in range(6):
+        header, trace_id, _ = traceparent()
+        trace_ids.append(trace_id)
+        assert (await chat(fresh, "sk-demo-paid", traceparent=header))[0] == 200
+
+    def tripped() -> list[CollectedSpan]:
+        return [
+            span
+            for span in otlp.spans
+            if span.trace_id in trace_ids
+            and any(event.name == "breaker_transition" for event in span.events)
+        ]
+
+    await wait_until(lambda: bool(tripped()))
+    (span,) = tripped()
+    event = span.event("breaker_transition")
+    assert (event.attributes["cluster"], event.attributes["to_state"]) == ("openai-premium", "open")
+    assert str(event.attributes["reason"]).startswith("failure rate")
+
+
+async def test_a_streamed_answer_reports_its_usage(
+    harness: Harness, otlp: BackgroundReceiver
+) -> None:
+    header, trace_id, _ = traceparent()
+    document = {"model": "chat", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    headers = {"authorization": "Bearer sk-demo-free", "traceparent": header}
+    async with harness.http.post(
+        f"{ENVOY}/v1/chat/completions", json=document, headers=headers
+    ) as response:
+        events = [line async for line in response.content if line.startswith(b"data: ")]
+    usage = json.loads(events[-2][6:])["usage"]
+    span = await span_of(otlp, trace_id)
+    assert span.attributes["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
+    assert span.attributes["ai_sidecar.stream"] is True
+    (seen,) = await harness.recorded("openai-cheap")
+    assert seen["json"]["stream_options"] == {"include_usage": True}, "asked for usage"
