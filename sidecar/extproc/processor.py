@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.core.answer_cache import CachedAnswer, cache_key
-from sidecar.core.breaker import CallResult, Permit, Transition
+from sidecar.core.breaker import CallResult, Permit
 from sidecar.core.bulkhead import Slot
 from sidecar.core.chains import envoy_target
 from sidecar.core.classify import RoutedPath, classify_path
@@ -50,11 +50,11 @@ from sidecar.domain.policy import ClusterSpec, TenantSpec
 from sidecar.engine.runtime import RoutingRuntime, Shed
 from sidecar.extproc import codec
 from sidecar.extproc.answer_watch import AnswerWatch
+from sidecar.extproc.notes import RequestNotes
 from sidecar.providers.body import RequestBody, parse_body_for, rewrite_model, wants_stream
 from sidecar.providers.response_rewrite import plan_rewrite
 from sidecar.providers.synthetic import answer_text, can_synthesize, synthesize
 from sidecar.providers.upstream_request import upstream_request
-from sidecar.telemetry.record import RequestRecord
 from sidecar.telemetry.sinks import Telemetry
 from sidecar.telemetry.tracing import SpanHandle
 
@@ -89,7 +89,7 @@ class StreamProcessor:
         self._runtime = runtime
         self._telemetry = telemetry or Telemetry.disabled()
         self._request: _Request | None = None
-        self._record: RequestRecord | None = None
+        self._notes = RequestNotes(runtime)
         self._span: SpanHandle | None = None
         self.outcome = "open"
         """How the request ended up: open, passed_through, rejected:<code>, routed, <rung>."""
@@ -110,9 +110,8 @@ class StreamProcessor:
     def close(self) -> None:
         """Give back the slot and the breaker permit, whatever ended the stream."""
         self._release()
-        record, self._record = self._record, None
+        record = self._notes.end()
         if record is not None and self._span is not None:
-            record.ended_at_s = self._runtime.clock.now()
             self._telemetry.end(record, self._span)
 
     def _release(self) -> None:
@@ -123,7 +122,9 @@ class StreamProcessor:
             self._runtime.finish_call(request.permit, self._unanswered(request))
             request.permit = None
         if request.failover_call is not None:
-            self._note_transitions(tuple(self._runtime.failover_transitions(request.failover_call)))
+            self._notes.transitions(
+                tuple(self._runtime.failover_transitions(request.failover_call))
+            )
             self._runtime.close_failover(request.failover_call)
             request.failover_call = None
         if request.slot is not None:
@@ -140,7 +141,7 @@ class StreamProcessor:
             self.outcome = "passed_through"
             return codec.pass_through()
         endpoint = routed.endpoint
-        self._record = RequestRecord(self._runtime.clock.now(), routed.path, endpoint.family.value)
+        self._notes.begin(routed.path, endpoint.family.value)
         self._span = self._telemetry.begin(head.headers, routed.path)
         early = self._check_head(head, endpoint, message.request_headers.end_of_stream)
         if early is not None:
@@ -154,9 +155,7 @@ class StreamProcessor:
         if isinstance(tenant, Rejection):
             return self._reject(tenant, endpoint)
         self._request = _Request(tenant, routed, dict(head.headers))
-        if self._record is not None:
-            self._record.tenant = tenant.tenant_id
-            self._record.tier = tenant.tier
+        self._notes.tenant(tenant)
         return codec.continue_request_headers()
 
     def _check_head(
@@ -184,11 +183,7 @@ class StreamProcessor:
         if isinstance(body, Rejection):
             return self._reject(body, request.endpoint)
         request.body = body
-        record = self._record
-        if record is not None:
-            record.stream = wants_stream(body, request.endpoint)
-            if body.model in self._runtime.active.policy.models:
-                record.model = body.model
+        self._notes.body(body.model, wants_stream(body, request.endpoint))
         refused = await self._take_slot(request)
         if refused is not None:
             return self._reject(refused, request.endpoint)
@@ -207,7 +202,7 @@ class StreamProcessor:
         priority = priority_of(tier, request.headers, policy.priority_rules)
         ask = self._runtime.new_ask(request.tenant.tenant_id, priority)
         admitted = await self._runtime.admit(tier.pool, ask)
-        self._note_pool(tier.pool, priority, admitted)
+        self._notes.pool(tier.pool, priority, admitted)
         if isinstance(admitted, Shed):
             log.info(
                 "shed",
@@ -222,51 +217,6 @@ class StreamProcessor:
         request.slot = admitted
         return None
 
-    def _note_transitions(self, transitions: tuple[Transition, ...]) -> None:
-        record = self._record
-        if record is None:
-            return
-        for transition in transitions:
-            record.event(
-                "breaker_transition",
-                transition.at,
-                cluster=str(transition.cluster),
-                from_state=transition.old.value,
-                to_state=transition.new.value,
-                reason=transition.reason,
-            )
-
-    def _note_pool(self, pool: str, priority: int, admitted: Slot | Shed) -> None:
-        record = self._record
-        if record is None:
-            return
-        occupancy = self._runtime.fleet.pools.snapshot()[pool]
-        record.pool = pool
-        record.priority = priority
-        record.pool_in_use = occupancy["in_use"]
-        record.pool_capacity = occupancy["max_concurrent"]
-        if isinstance(admitted, Shed):
-            now = self._runtime.clock.now()
-            record.outcome = "shed"
-            record.event("shed", now, pool=pool, reason=admitted.reason)
-
-    def _note_decision(self, decision: Decision) -> None:
-        record = self._record
-        if record is None:
-            return
-        cluster = self._runtime.active.policy.clusters[decision.cluster]
-        record.cluster = decision.cluster
-        record.upstream_model = cluster.upstream_model or None
-        record.provider_name = cluster.provider.value
-        record.rung = decision.rung
-        record.fallback_depth = decision.fallback_depth
-        record.reason = decision.reason
-        record.skipped = [(str(name), why) for name, why in decision.skipped]
-        record.breaker_state = self._runtime.fleet.breakers[decision.cluster].state.value
-        now = self._runtime.clock.now()
-        for name, why in decision.skipped:
-            record.event("fallback", now, from_cluster=str(name), reason=why)
-
     def _send_upstream(self, request: _Request, body: RequestBody, decision: Decision) -> Any:
         runtime = self._runtime
         prepared = self._prepare(request, body, decision)
@@ -274,7 +224,7 @@ class StreamProcessor:
             return self._reject(prepared, request.endpoint)
         content, path = prepared
         request.decision = decision
-        self._note_decision(decision)
+        self._notes.decision(decision)
         plan = None
         if decision.hops > 1:
             # Each attempt takes its own permit (sidecar.extproc.upstream).
@@ -308,7 +258,7 @@ class StreamProcessor:
             plan=plan,
             path=path,
             trace_headers=self._trace_headers(),
-            log_fields=self._log_fields(),
+            log_fields=self._notes.log_fields(),
         )
 
     def _trace_headers(self) -> dict[str, str]:
@@ -323,23 +273,6 @@ class StreamProcessor:
         if tracestate:
             headers["tracestate"] = tracestate
         return headers
-
-    def _log_fields(self) -> dict[str, Any]:
-        """The decision, for Envoy's access log (dynamic metadata ``ai.sidecar``)."""
-        record = self._record
-        if record is None:
-            return {}
-        fields = {
-            "tenant": record.tenant,
-            "tier": record.tier,
-            "model": record.model,
-            "cluster": record.cluster,
-            "rung": record.rung,
-            "input_tokens": record.input_tokens,
-            "output_tokens": record.output_tokens,
-            "cost_usd": record.cost_usd,
-        }
-        return {name: value for name, value in fields.items() if value is not None}
 
     def _prepare(
         self, request: _Request, body: RequestBody, decision: Decision
@@ -426,11 +359,7 @@ class StreamProcessor:
 
     def _answer(self, status: int, body: bytes, content_type: str, rung: str) -> Any:
         self.outcome = rung
-        record = self._record
-        if record is not None:
-            record.outcome = rung
-            record.rung = rung
-            record.status = status
+        self._notes.answered_here(status, rung)
         return codec.answer(status, body, content_type, rung)
 
     # -- response --------------------------------------------------------------------
@@ -441,7 +370,7 @@ class StreamProcessor:
         if request.permit is not None:
             elapsed = runtime.clock.now() - request.sent_at
             slow_after = runtime.fleet.breakers[request.permit.cluster].config.slow_call_s
-            self._note_transitions(
+            self._notes.transitions(
                 runtime.finish_call(request.permit, classify(status, elapsed, slow_after))
             )
             request.permit = None
@@ -456,7 +385,7 @@ class StreamProcessor:
         if request.failover_call is not None:
             self.outcome = rung
         served = self._served_cluster(request, hop)
-        self._note_answer(status, rung, served)
+        self._notes.answer(status, rung, served)
         if request.decision is None or served is None or request.body is None:
             return codec.mark_response(rung)
         streaming = wants_stream(request.body, request.endpoint)
@@ -478,26 +407,6 @@ class StreamProcessor:
         served = clusters.get(ClusterName(hop)) if hop else None
         return served or clusters[request.decision.cluster]
 
-    def _note_answer(self, status: int, rung: str, served: ClusterSpec | None) -> None:
-        record = self._record
-        if record is None:
-            return
-        record.status = status
-        record.first_byte_at_s = self._runtime.clock.now()
-        record.outcome = "routed"
-        record.rung = rung
-        if served is not None and served.name != record.cluster:
-            record.event(
-                "fallback",
-                record.first_byte_at_s,
-                from_cluster=record.cluster or "",
-                reason="failed over inside the request",
-            )
-            record.cluster = served.name
-            record.upstream_model = served.upstream_model or None
-            record.provider_name = served.provider.value
-            record.fallback_depth = max(record.fallback_depth, 1)
-
     def _on_response_body(self, request: _Request, http_body: Any) -> Any:
         watch = request.watch
         if watch is None:
@@ -505,29 +414,15 @@ class StreamProcessor:
         replacement = watch.chunk(http_body.body, http_body.end_of_stream)
         metadata: dict[str, Any] = {}
         if http_body.end_of_stream:
-            self._note_usage(watch)
+            self._notes.usage(watch)
             if watch.whole_body is not None:
                 self._keep_answer(request, watch.whole_body, True)
-            metadata = self._log_fields()
+            metadata = self._notes.log_fields()
         if replacement is None:
             return codec.observed_response_chunk(metadata)
         if watch.body_mode == "buffered":
             return codec.replace_response_body(replacement, metadata)
         return codec.replace_response_chunk(replacement, metadata)
-
-    def _note_usage(self, watch: AnswerWatch) -> None:
-        record = self._record
-        if record is None or watch.usage is None:
-            return
-        record.input_tokens = watch.usage.input_tokens
-        record.output_tokens = watch.usage.output_tokens
-        record.response_model = watch.response_model
-        if record.cluster is not None:
-            price = self._runtime.active.policy.clusters[ClusterName(record.cluster)].price
-            if price is not None:
-                record.cost_usd = price.cost_usd(
-                    watch.usage.input_tokens, watch.usage.output_tokens
-                )
 
     def _keep_answer(self, request: _Request, body: bytes, complete: bool) -> None:
         key, request.answer_key = request.answer_key, None
@@ -555,13 +450,7 @@ class StreamProcessor:
 
     def _reject(self, rejection: Rejection, endpoint: Endpoint) -> Any:
         self.outcome = f"rejected:{rejection.code}"
-        record = self._record
-        if record is not None:
-            if record.outcome != "shed":
-                record.outcome = "rejected"
-                record.event("rejected", self._runtime.clock.now(), code=rejection.code)
-            record.error_code = rejection.code
-            record.status = rejection.status
+        self._notes.rejected(rejection)
         return codec.reject(rejection, endpoint.family)
 
 
