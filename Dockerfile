@@ -25,7 +25,11 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin sidecar
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+# xds-protos ships an old copy of opentelemetry/proto: reinstall the real one over it.
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+    && pip install --no-cache-dir --force-reinstall --no-deps \
+       "opentelemetry-proto==$(python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
+    && python -c 'from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope'
 USER 10001
 # The operator's policy: mount a directory holding policy.yaml here.
 VOLUME ["/etc/ai-sidecar"]

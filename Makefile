@@ -8,6 +8,12 @@ PROTO_SRC := $(shell find proto -name '*.proto')
 PROTO_OUT := sidecar/_proto
 PROTO_STAMP := $(PROTO_OUT)/.built
 
+# xds-protos ships an old copy of opentelemetry/proto that overwrites opentelemetry-proto's
+# files when it is installed later: put the real ones back, then check they import.
+FIX_OTEL_PROTO = $(BIN)/pip install --quiet --force-reinstall --no-deps \
+	"opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
+	&& $(PY) -c 'from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope'
+
 .PHONY: install proto lint format typecheck test test-unit test-e2e run check clean
 
 install: $(STAMP) $(PROTO_STAMP)
@@ -16,6 +22,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(FIX_OTEL_PROTO)
 	touch $@
 
 # The project's own wire contracts, compiled by the build (never committed).
@@ -56,3 +63,11 @@ run: install
 
 clean:
 	rm -rf $(VENV) $(PROTO_OUT) .mypy_cache .ruff_cache .pytest_cache
+
+# Envoy alone vs Envoy + sidecar under load (wrk), side by side: bench/results.{md,json}.
+# Uses the same ports as `make run` and the end-to-end tests. Installs Debian's wrk if missing.
+# Options: make bench BENCH_ARGS="--duration 5 --concurrency 1 16 64" (see python -m bench.run -h).
+.PHONY: bench
+bench: install
+	command -v wrk >/dev/null 2>&1 || sh bench/install-wrk.sh
+	$(PY) -m bench.run $(BENCH_ARGS)
