@@ -109,12 +109,16 @@ class PoolSet:
             del state.by_tenant[slot.ask.tenant]
         return list(self._serve_waiters(state))
 
-    def cancel_wait(self, pool: str, ticket: int) -> bool:
-        """Take a waiter out of line (timed out or gone); False if it was not waiting."""
+    def cancel_wait(self, pool: str, ticket: int, timed_out: bool = False) -> bool:
+        """Take a waiter out of line; False if it was not waiting.
+
+        A waiter whose wait ran out counts as shed; one that went away does not.
+        """
         state = self._pools[pool]
         for position, ask in enumerate(state.waiting):
             if ask.ticket == ticket:
                 del state.waiting[position]
+                state.shed += int(timed_out)
                 return True
         return False
 

@@ -16,13 +16,16 @@ class RoutedPath:
     service_model: ModelName | None = None
 
 
+SERVICES_PREFIX = "/services/"
+
+
 def classify_path(path: str, policy: Policy) -> RoutedPath | None:
     """The endpoint of ``path`` (query string ignored), or None when it is not the sidecar's."""
     bare = path.partition("?")[0]
     endpoint = endpoint_for_path(bare)
     if endpoint is not None:
         return RoutedPath(endpoint, bare)
-    model = policy.service_paths.get(bare)
-    if model is not None:
-        return RoutedPath(Endpoint.JSON_SERVICE, bare, model)
+    if bare.startswith(SERVICES_PREFIX):
+        # Unknown service paths are the sidecar's too: it answers 404 for them.
+        return RoutedPath(Endpoint.JSON_SERVICE, bare, policy.service_paths.get(bare))
     return None

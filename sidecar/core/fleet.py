@@ -6,6 +6,7 @@ ends. Pure: ``now`` comes in from the caller; transitions go out as values and a
 also kept (the most recent ones) for the admin view.
 """
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,18 @@ class Fleet:
         transitions = breaker.record(permit, result, now)
         self._keep(transitions)
         return transitions
+
+    def seconds_until_any_admits(
+        self, skipped: tuple[tuple[ClusterName, str], ...], now: float
+    ) -> int:
+        """Whole seconds until the soonest of these clusters' breakers lets a call try."""
+        waits = [
+            self.breakers[cluster].open_until - now
+            for cluster, _ in skipped
+            if cluster in self.breakers
+        ]
+        soonest = min((wait for wait in waits if wait > 0), default=1.0)
+        return max(1, math.ceil(soonest))
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """Breakers, load and pools as plain data, for the admin state view."""

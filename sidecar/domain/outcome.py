@@ -139,6 +139,16 @@ def body_too_large(limit_bytes: int) -> Rejection:
     )
 
 
+def unknown_endpoint(path: str) -> Rejection:
+    """A service path no virtual model of the policy is bound to."""
+    return Rejection(
+        404,
+        "invalid_request_error",
+        "unknown_endpoint",
+        f"No service is served at {path}.",
+    )
+
+
 def method_not_allowed(method: str, path: str) -> Rejection:
     """AI endpoints take POST only."""
     return Rejection(

@@ -113,6 +113,7 @@ class PriorityRule:
 
     header: str
     bands: tuple[PriorityBand, ...]
+    trusted_tenants: frozenset[TenantId] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

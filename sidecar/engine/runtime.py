@@ -43,6 +43,8 @@ class _FailoverCall:
 
     answered: bool = False
     unanswered: list[tuple[Permit, float]] = field(default_factory=list)
+    reserved: Permit | None = None
+    """The first cluster's permit, taken when the request was routed, for its attempt."""
     transitions: list[Transition] = field(default_factory=list)
 
 
@@ -140,11 +142,25 @@ class RoutingRuntime:
             detail = f"{status} before any model server was reached"
             self.finish_call(permit, CallResult(failed=True, slow=False, detail=detail))
 
-    def open_failover(self) -> str:
-        """Start tracking a client request that may fail over; its id for the plan."""
+    def open_failover(self, first_permit: Permit | None) -> str:
+        """Start tracking a client request that may fail over; its id for the plan.
+
+        ``first_permit`` is the first cluster's breaker permit, taken when the request
+        was routed so that a half-open breaker's trial limit holds: the first attempt
+        claims it. If that attempt never reaches the sidecar (Envoy could not connect),
+        it counts as a failed attempt once the request is answered.
+        """
         call = secrets.token_hex(16)
-        self._failovers[call] = _FailoverCall()
+        self._failovers[call] = _FailoverCall(reserved=first_permit)
         return call
+
+    def claim_reserved(self, call: str, cluster: ClusterName) -> Permit | None:
+        """The permit reserved for ``cluster``'s attempt of ``call``, once; else None."""
+        tracked = self._failovers.get(call)
+        if tracked is None or tracked.reserved is None or tracked.reserved.cluster != cluster:
+            return None
+        permit, tracked.reserved = tracked.reserved, None
+        return permit
 
     def attempt_unanswered(self, call: str, permit: Permit, elapsed: float) -> None:
         """An attempt of ``call`` ended without response headers after ``elapsed`` s."""
@@ -152,7 +168,7 @@ class RoutingRuntime:
         if tracked is None:
             self.finish_call(permit, self.no_answer(permit, elapsed))
         elif tracked.answered:
-            self.finish_call(permit, _attempt_failed(elapsed, self._slow_after(permit)))
+            self.finish_call(permit, _attempt_failed(elapsed, self._slow_after(permit)), call)
         else:
             tracked.unanswered.append((permit, elapsed))
 
@@ -162,17 +178,24 @@ class RoutingRuntime:
         if tracked is None:
             return
         tracked.answered = True
+        if tracked.reserved is not None:
+            reserved, tracked.reserved = tracked.reserved, None
+            elapsed = self.clock.now() - reserved.admitted_at
+            tracked.unanswered.append((reserved, elapsed))
         waiting, tracked.unanswered = tracked.unanswered, []
         for permit, elapsed in waiting:
-            self.finish_call(permit, _attempt_failed(elapsed, self._slow_after(permit)))
+            self.finish_call(permit, _attempt_failed(elapsed, self._slow_after(permit)), call)
 
     def close_failover(self, call: str) -> None:
         """The client request ended; attempts still waiting were cut short."""
         tracked = self._failovers.pop(call, None)
         if tracked is None:
             return
+        if tracked.reserved is not None:
+            reserved = tracked.reserved
+            tracked.unanswered.append((reserved, self.clock.now() - reserved.admitted_at))
         for permit, elapsed in tracked.unanswered:
-            self.finish_call(permit, self.no_answer(permit, elapsed))
+            self.finish_call(permit, self.no_answer(permit, elapsed), call)
 
     def _slow_after(self, permit: Permit) -> float:
         return self.fleet.breakers[permit.cluster].config.slow_call_s
@@ -206,6 +229,7 @@ class RoutingRuntime:
         except TimeoutError:
             if waiter.done():
                 return waiter.result()
+            self.fleet.pools.cancel_wait(pool, ask.ticket, timed_out=True)
             return Shed(503, f"no slot in pool '{pool}' within {max_wait:g}s", self._retry(pool))
         except BaseException:
             # Cancelled (the stream ended) just as a slot arrived: give it back.

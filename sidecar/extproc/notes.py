@@ -15,7 +15,7 @@ from sidecar.domain.outcome import Decision, Rejection
 from sidecar.domain.policy import ClusterSpec, TenantSpec
 from sidecar.engine.runtime import RoutingRuntime, Shed
 from sidecar.extproc.answer_watch import AnswerWatch
-from sidecar.telemetry.record import RequestRecord
+from sidecar.telemetry.record import UNKNOWN, RequestRecord
 
 
 class RequestNotes:
@@ -38,8 +38,8 @@ class RequestNotes:
         if record is None:
             return
         record.stream = stream
-        if model in self._runtime.active.policy.models:
-            record.model = model
+        known = model in self._runtime.active.policy.models
+        record.model = model if known else UNKNOWN
 
     def pool(self, pool: str, priority: int, admitted: Slot | Shed) -> None:
         record = self.record
@@ -91,6 +91,12 @@ class RequestNotes:
             self.record.outcome = rung
             self.record.rung = rung
             self.record.status = status
+
+    def failed(self, code: str) -> None:
+        if self.record is not None:
+            self.record.outcome = "error"
+            self.record.error_code = code
+            self.record.status = 500
 
     def rejected(self, rejection: Rejection) -> None:
         record = self.record

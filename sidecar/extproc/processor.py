@@ -21,6 +21,7 @@ back, and the stream loop calls it however the stream ends.
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ from sidecar.domain.outcome import (
     method_not_allowed,
     no_cluster_available,
     shed,
+    unknown_endpoint,
 )
 from sidecar.domain.policy import ClusterSpec, TenantSpec
 from sidecar.engine.runtime import RoutingRuntime, Shed
@@ -107,6 +109,10 @@ class StreamProcessor:
             return self._on_response_body(self._request, message.response_body)
         return codec.continue_message(message)
 
+    def failed(self, code: str) -> None:
+        """The sidecar itself failed on this request (answered 500)."""
+        self._notes.failed(code)
+
     def close(self) -> None:
         """Give back the slot and the breaker permit, whatever ended the stream."""
         self._release()
@@ -115,21 +121,22 @@ class StreamProcessor:
             self._telemetry.end(record, self._span)
 
     def _release(self) -> None:
+        """Give everything back; the pool slot last, and even if a step before it fails."""
         request, self._request = self._request, None
         if request is None:
             return
-        if request.permit is not None:
-            self._runtime.finish_call(request.permit, self._unanswered(request))
-            request.permit = None
-        if request.failover_call is not None:
-            self._notes.transitions(
-                tuple(self._runtime.failover_transitions(request.failover_call))
-            )
-            self._runtime.close_failover(request.failover_call)
-            request.failover_call = None
-        if request.slot is not None:
-            self._runtime.release_slot(request.slot)
-            request.slot = None
+        try:
+            if request.permit is not None:
+                permit, request.permit = request.permit, None
+                self._runtime.finish_call(permit, self._unanswered(request, permit))
+            if request.failover_call is not None:
+                call, request.failover_call = request.failover_call, None
+                self._notes.transitions(tuple(self._runtime.failover_transitions(call)))
+                self._runtime.close_failover(call)
+        finally:
+            if request.slot is not None:
+                slot, request.slot = request.slot, None
+                self._runtime.release_slot(slot)
 
     # -- request headers -------------------------------------------------------------
 
@@ -143,6 +150,8 @@ class StreamProcessor:
         endpoint = routed.endpoint
         self._notes.begin(routed.path, endpoint.family.value)
         self._span = self._telemetry.begin(head.headers, routed.path)
+        if endpoint is Endpoint.JSON_SERVICE and routed.service_model is None:
+            return self._reject(unknown_endpoint(routed.path), endpoint)
         early = self._check_head(head, endpoint, message.request_headers.end_of_stream)
         if early is not None:
             return self._reject(early, endpoint)
@@ -199,7 +208,9 @@ class StreamProcessor:
         tier = policy.tiers.get(request.tenant.tier)
         if tier is None or tier.pool is None:
             return None
-        priority = priority_of(tier, request.headers, policy.priority_rules)
+        priority = priority_of(
+            tier, request.headers, policy.priority_rules, request.tenant.tenant_id
+        )
         ask = self._runtime.new_ask(request.tenant.tenant_id, priority)
         admitted = await self._runtime.admit(tier.pool, ask)
         self._notes.pool(tier.pool, priority, admitted)
@@ -228,7 +239,7 @@ class StreamProcessor:
         plan = None
         if decision.hops > 1:
             # Each attempt takes its own permit (sidecar.extproc.upstream).
-            request.failover_call = runtime.open_failover()
+            request.failover_call = runtime.open_failover(runtime.start_call(decision))
             plan = codec.FailoverPlan(
                 request.failover_call, decision.failover_hops, request.routed.path
             )
@@ -280,16 +291,23 @@ class StreamProcessor:
         """The body and path Envoy keeps for the upstream call.
 
         With failover, every attempt gets this same copy and the upstream filter
-        prepares it for its hop, so it stays in the client's API; otherwise it is
-        prepared here for the one cluster.
+        prepares it for its hop, so it stays in the client's API; every hop is checked
+        here first, so a request no hop can take is the client's 400, never a failed
+        attempt against a cluster's breaker. Otherwise it is prepared here for the one
+        cluster.
         """
-        if decision.hops > 1:
-            first = self._runtime.active.policy.clusters[decision.cluster]
-            if not first.provider.rewrites_model:
-                return upstream_request(request.endpoint, request.routed.path, first, body)
-            return rewrite_model(body, decision.upstream_model), request.routed.path
-        cluster = self._runtime.active.policy.clusters[decision.cluster]
-        return upstream_request(request.endpoint, request.routed.path, cluster, body)
+        clusters = self._runtime.active.policy.clusters
+        endpoint, path = request.endpoint, request.routed.path
+        if decision.hops == 1:
+            return upstream_request(endpoint, path, clusters[decision.cluster], body)
+        for hop in decision.failover_hops:
+            prepared = upstream_request(endpoint, path, clusters[hop], body)
+            if isinstance(prepared, Rejection):
+                return prepared
+        first = clusters[decision.cluster]
+        if not first.provider.rewrites_model:
+            return upstream_request(endpoint, path, first, body)
+        return rewrite_model(body, decision.upstream_model), path
 
     def _answer_key(self, request: _Request, body: RequestBody) -> str | None:
         spec = self._runtime.active.policy.models[_model(body)].answer_cache
@@ -325,7 +343,8 @@ class StreamProcessor:
         queue = runtime.queue_for(out.requested_model)
         if queue is not None:
             return self._park(request, body, out)
-        return self._reject(no_cluster_available(out.requested_model, 1), endpoint)
+        wait = runtime.fleet.seconds_until_any_admits(out.skipped, runtime.clock.now())
+        return self._reject(no_cluster_available(out.requested_model, wait), endpoint)
 
     def _cached_answer(self, request: _Request, body: RequestBody) -> CachedAnswer | None:
         key = self._answer_key(request, body)
@@ -338,7 +357,7 @@ class StreamProcessor:
         runtime = self._runtime
         queue = runtime.queue_for(out.requested_model)
         assert queue is not None
-        request_id = request.headers.get("x-request-id") or f"q-{id(request):x}"
+        request_id = f"queued-{uuid.uuid4().hex}"
         parked = QueuedRequest(
             request_id,
             request.tenant.tenant_id,
@@ -442,11 +461,10 @@ class StreamProcessor:
         model = document.get("model") if isinstance(document.get("model"), str) else ""
         cache.put(key, CachedAnswer(text, model or "", self._runtime.clock.now()))
 
-    def _unanswered(self, request: _Request) -> CallResult | None:
+    def _unanswered(self, request: _Request, permit: Permit) -> CallResult | None:
         """The breaker outcome of a call that ended before its response headers."""
-        assert request.permit is not None
         elapsed = self._runtime.clock.now() - request.sent_at
-        return self._runtime.no_answer(request.permit, elapsed)
+        return self._runtime.no_answer(permit, elapsed)
 
     def _reject(self, rejection: Rejection, endpoint: Endpoint) -> Any:
         self.outcome = f"rejected:{rejection.code}"

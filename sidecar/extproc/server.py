@@ -38,6 +38,8 @@ UPSTREAM_ROLE = "upstream"
 class _Processor(Protocol):
     async def handle(self, message: Any) -> Any: ...
 
+    def failed(self, code: str) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -106,6 +108,7 @@ class ExternalProcessorService(ext_proc_grpc.ExternalProcessorServicer):  # type
         except Exception:
             registry.failed += 1
             log.exception("routing failed; answering 500")
+            processor.failed("sidecar_internal_error")
             return codec.reject(_internal_error(), ApiFamily.OPENAI)
 
 

@@ -59,6 +59,10 @@ class UpstreamProcessor:
             self._on_response_headers(message.response_headers)
         return codec.continue_message(message)
 
+    def failed(self, code: str) -> None:
+        """Nothing to note: attempts have no record of their own."""
+        self.outcome = f"failed:{code}"
+
     def close(self) -> None:
         """An attempt that ends with its permit still out got no response headers."""
         permit, self._permit = self._permit, None
@@ -93,15 +97,18 @@ class UpstreamProcessor:
         if isinstance(body, Rejection):
             return self._refuse(body)
         runtime = self._runtime
-        self._permit = runtime.start_attempt(hop.name)
-        if self._permit is None:
-            log.info("attempt past an open breaker", extra={"cluster": hop.name})
-        self._sent_at = runtime.clock.now()
-        self.outcome = f"sent:{hop.name}"
         prepared = upstream_request(routed.endpoint, routed.path, hop, body)
         if isinstance(prepared, Rejection):
             return self._refuse(prepared)
         content, path = prepared
+        assert self._plan is not None
+        self._permit = runtime.claim_reserved(self._plan.call, hop.name)
+        if self._permit is None:
+            self._permit = runtime.start_attempt(hop.name)
+        if self._permit is None:
+            log.info("attempt past an open breaker", extra={"cluster": hop.name})
+        self._sent_at = runtime.clock.now()
+        self.outcome = f"sent:{hop.name}"
         policy = runtime.active.policy
         return codec.hop_request_body(
             content,

@@ -150,6 +150,13 @@ def _resilience_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
         if degraded.json and not _is_json(degraded.json):
             yield (("models", name, "degraded", "json"), "is not a JSON document")
     yield from _path_problems(message)
+    for position, rule in enumerate(message.priority_rules):
+        for index, tenant in enumerate(rule.trusted_tenants):
+            if tenant not in message.tenants:
+                yield (
+                    ("priority_rules", position, "trusted_tenants", index),
+                    _unknown("tenant", tenant, message.tenants),
+                )
     for name, cluster in message.clusters.items():
         if cluster.provider != "json" and not cluster.model:
             yield (("clusters", name, "model"), f"required for provider '{cluster.provider}'")
@@ -315,7 +322,8 @@ def _priority_rule(rule: Any) -> PriorityRule:
         )
         for band in rule.bands
     )
-    return PriorityRule(rule.header, bands)
+    trusted = frozenset(TenantId(tenant) for tenant in rule.trusted_tenants)
+    return PriorityRule(rule.header, bands, trusted)
 
 
 def _api_key_source(api_key: Any) -> ApiKeySource:

@@ -66,6 +66,7 @@ ERROR_CODES: Final = frozenset(
         "overloaded",
         "model_unavailable",
         "queue_full",
+        "unknown_endpoint",
         # sidecar/extproc
         "sidecar_misconfigured",
         "sidecar_internal_error",

@@ -76,3 +76,11 @@ async def test_with_both_down_the_last_score_then_manual_review(services: Harnes
     assert cached == first[2], "the last score for this user and merchant, whatever the amount"
     status, headers, queued = await score(services, "u3", "m9", 10.0)
     assert (status, headers["x-ai-sidecar-rung"], queued["status"]) == (202, "queued", "queued")
+
+
+async def test_an_unknown_service_path_is_refused_not_passed_on(harness: Harness) -> None:
+    async with harness.http.post(
+        f"{ENVOY}/services/nothing/here", json={}, headers=PAID
+    ) as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["code"] == "unknown_endpoint"

@@ -82,3 +82,20 @@ async def test_an_openai_error_reaches_an_ollama_client_in_ollamas_shape(
         assert response.status == 500
         body = await response.json()
     assert isinstance(body["error"], str)
+
+
+async def test_a_request_no_hop_can_take_is_the_clients_error_not_a_breaker_failure(
+    harness: Harness,
+) -> None:
+    paid = {"authorization": "Bearer sk-demo-paid"}
+    for _ in range(6):
+        async with harness.http.post(
+            f"{ENVOY}/api/generate",
+            json={"model": "chat", "prompt": "a", "suffix": "b", "stream": False},
+            headers=paid,
+        ) as response:
+            assert response.status == 400
+    async with harness.http.get("http://127.0.0.1:9902/state") as response:
+        premium = (await response.json())["clusters"]["openai-premium"]
+    assert premium["breaker"] == "closed"
+    assert premium["failure_rate"] == 0

@@ -247,14 +247,14 @@ def test_an_attempt_ending_after_the_answer_fails_at_once_and_after_the_end_is_d
         state = runtime.snapshot()["clusters"][premium]
         return state["window_calls"], state["failure_rate"], state["in_flight"]
 
-    answered = runtime.open_failover()
+    answered = runtime.open_failover(None)
     permit = runtime.start_attempt(premium)
     assert permit is not None
     runtime.failover_answered(answered)
     runtime.attempt_unanswered(answered, permit, 0.5)
     assert window() == (1, 1.0, 0), "the request went on without it: it failed"
 
-    ended = runtime.open_failover()
+    ended = runtime.open_failover(None)
     permit = runtime.start_attempt(premium)
     assert permit is not None
     runtime.close_failover(ended)
@@ -262,3 +262,28 @@ def test_an_attempt_ending_after_the_answer_fails_at_once_and_after_the_end_is_d
     assert window() == (1, 1.0, 0), "the client left: no outcome"
     runtime.close_failover(answered)
     assert runtime.snapshot()["failover_calls"] == 0
+
+
+def test_the_first_hops_permit_is_reserved_at_routing_and_claimed_once(
+    demo_active: ActivePolicy,
+) -> None:
+    runtime = RoutingRuntime(demo_active, FakeClock())
+    premium, cheap = ClusterName("openai-premium"), ClusterName("openai-cheap")
+    reserved = runtime.start_attempt(premium)
+    call = runtime.open_failover(reserved)
+    assert runtime.claim_reserved(call, cheap) is None, "only the first hop's attempt claims it"
+    assert runtime.claim_reserved(call, premium) is reserved
+    assert runtime.claim_reserved(call, premium) is None, "once"
+
+
+def test_an_unclaimed_reservation_fails_when_another_hop_answers(
+    demo_active: ActivePolicy,
+) -> None:
+    runtime = RoutingRuntime(demo_active, FakeClock())
+    premium = ClusterName("openai-premium")
+    call = runtime.open_failover(runtime.start_attempt(premium))
+    runtime.failover_answered(call)  # Envoy could not connect to premium; cheap answered
+    state = runtime.snapshot()["clusters"][premium]
+    assert (state["window_calls"], state["failure_rate"], state["in_flight"]) == (1, 1.0, 0)
+    runtime.close_failover(call)
+    assert runtime.snapshot()["clusters"][premium]["window_calls"] == 1, "counted once"

@@ -1,0 +1,159 @@
+"""The processes of a benchmark run: fake upstreams, the sidecar and the front Envoy.
+
+The sidecar and the front Envoy are started exactly as ``make run`` and the end-to-end
+tests start them (:class:`sidecar_demo.stack.DemoStack`'s own command lines, with the
+project's ``envoy/envoy.yaml`` and ``examples/policy.yaml``), except that the demo's
+Python model servers are replaced by a second Envoy answering on the same ports
+(``bench/upstream-envoy.yaml``). Every child is tied to this process with
+``setpriv --pdeathsig TERM``, so none outlives the benchmark.
+"""
+
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from sidecar_demo.specs import DEMO_FLEET
+from sidecar_demo.stack import (
+    ENVOY_ADMIN,
+    ENVOY_LISTENER,
+    SIDECAR_ADMIN,
+    SIDECAR_LISTEN,
+    DemoStack,
+    ManagedProcess,
+    StackLayout,
+)
+
+UPSTREAM_CONFIG: Final = Path(__file__).with_name("upstream-envoy.yaml")
+UPSTREAM_PORTS: Final = tuple(spec.port for spec in DEMO_FLEET)
+"""Where ``envoy/envoy.yaml`` sends its clusters (18000-18006)."""
+
+FRONT_URL: Final = f"http://{ENVOY_LISTENER[0]}:{ENVOY_LISTENER[1]}"
+SIDECAR_METRICS_URL: Final = f"http://{SIDECAR_ADMIN[0]}:{SIDECAR_ADMIN[1]}/metrics"
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot run or went wrong; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Pids:
+    """The process ids whose CPU time the benchmark reads."""
+
+    envoy: int
+    sidecar: int
+    upstream: int
+
+
+def busy_endpoints() -> list[str]:
+    """The ports (and the sidecar's abstract socket) the benchmark needs but finds taken."""
+    wanted = [ENVOY_LISTENER, ENVOY_ADMIN, SIDECAR_ADMIN]
+    wanted += [("127.0.0.1", port) for port in UPSTREAM_PORTS]
+    busy = [f"{host}:{port}" for host, port in wanted if not _tcp_free(host, port)]
+    abstract = SIDECAR_LISTEN.removeprefix("unix-abstract:")
+    if not _abstract_free(abstract):
+        busy.append(f"@{abstract}")
+    return busy
+
+
+class BenchStack:
+    """Upstream Envoy, sidecar and front Envoy, started in that order, stopped in reverse.
+
+    Use it as a context manager: everything started is stopped on the way out, also
+    after an error or Ctrl-C.
+    """
+
+    def __init__(self, repo: Path, log_dir: Path, env: Mapping[str, str]) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        demo = DemoStack(
+            StackLayout(
+                policy=repo / "examples" / "policy.yaml",
+                envoy_config=repo / "envoy" / "envoy.yaml",
+                log_dir=log_dir,
+                extra_env=dict(env),
+            )
+        )
+        self.sidecar = demo.sidecar
+        self.envoy = demo.envoy
+        self.upstream = ManagedProcess(
+            "upstream envoy",
+            [
+                str(Path(sys.executable).parent / "envoy"),
+                "-c",
+                str(UPSTREAM_CONFIG),
+                "--disable-hot-restart",
+                "--log-level",
+                "warning",
+                "--concurrency",
+                "1",
+            ],
+            f"http://127.0.0.1:{UPSTREAM_PORTS[-1]}/ready",
+            log_dir / "upstream-envoy.log",
+            demo.envoy.env,
+        )
+        self._parts = (self.upstream, self.sidecar, self.envoy)
+
+    def __enter__(self) -> "BenchStack":
+        busy = busy_endpoints()
+        if busy:
+            raise BenchError(
+                f"in use: {', '.join(busy)}. The benchmark needs the ports of `make run` and "
+                "the end-to-end tests: stop a running demo (make run) or test run first."
+            )
+        try:
+            for part in self._parts:
+                part.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for part in reversed(self._parts):
+            part.stop()
+
+    def pids(self) -> Pids:
+        envoy, sidecar, upstream = self.envoy.pid, self.sidecar.pid, self.upstream.pid
+        if envoy is None or sidecar is None or upstream is None:
+            raise BenchError("the stack is not running")
+        return Pids(envoy=envoy, sidecar=sidecar, upstream=upstream)
+
+    def check_alive(self) -> None:
+        """Raise :class:`BenchError` if a part has exited since it started."""
+        dead = [
+            f"{part.name} (exit code {part.process.returncode}, log {part.log_path})"
+            for part in self._parts
+            if part.process is not None and part.process.poll() is not None
+        ]
+        if dead:
+            raise BenchError(f"exited during the benchmark: {', '.join(dead)}")
+
+
+def _tcp_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _abstract_free(name: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind("\0" + name)
+        except OSError:
+            return False
+    return True
