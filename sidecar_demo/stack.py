@@ -78,6 +78,9 @@ class ManagedProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=dict(self.env),
+            # Its own session: Ctrl-C in the terminal reaches the launcher only, which
+            # then stops the parts in order instead of finding them dead.
+            start_new_session=True,
         )
         self._wait_ready()
 

@@ -75,7 +75,7 @@ class AnswerWatch:
     def _whole(self, data: bytes) -> bytes | None:
         try:
             document = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             document = None
         if isinstance(document, dict):
             self.usage = usage_from_json(self.upstream_endpoint, document)

@@ -148,6 +148,8 @@ def pass_through() -> Any:
 def reject(rejection: Rejection, family: ApiFamily) -> Any:
     """Answer the client directly with ``rejection`` in ``family``'s error shape."""
     headers = [_header("content-type", "application/json")]
+    if rejection.code == "method_not_allowed":
+        headers.append(_header("allow", "POST"))
     if rejection.retry_after_s is not None:
         headers.append(_header("retry-after", str(rejection.retry_after_s)))
     return ext_proc.ProcessingResponse(

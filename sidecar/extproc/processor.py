@@ -36,7 +36,7 @@ from sidecar.core.outcomes import classify
 from sidecar.core.priority import priority_of
 from sidecar.core.router import RouteRequest, Unavailable
 from sidecar.domain.api import Endpoint
-from sidecar.domain.ids import ClusterName
+from sidecar.domain.ids import ClusterName, ModelName
 from sidecar.domain.outcome import (
     Decision,
     Rejection,
@@ -435,7 +435,7 @@ class StreamProcessor:
         if http_body.end_of_stream:
             self._notes.usage(watch)
             if watch.whole_body is not None:
-                self._keep_answer(request, watch.whole_body, True)
+                self._keep_answer(request, watch.whole_body)
             metadata = self._notes.log_fields()
         if replacement is None:
             return codec.observed_response_chunk(metadata)
@@ -443,9 +443,9 @@ class StreamProcessor:
             return codec.replace_response_body(replacement, metadata)
         return codec.replace_response_chunk(replacement, metadata)
 
-    def _keep_answer(self, request: _Request, body: bytes, complete: bool) -> None:
+    def _keep_answer(self, request: _Request, body: bytes) -> None:
         key, request.answer_key = request.answer_key, None
-        if key is None or request.body is None or not complete:
+        if key is None or request.body is None:
             return
         cache = self._runtime.cache_for(_model(request.body))
         if cache is not None and request.endpoint is Endpoint.JSON_SERVICE:
@@ -453,7 +453,7 @@ class StreamProcessor:
             return
         try:
             document = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         text = answer_text(request.endpoint, document)
         if text is None or cache is None:
@@ -483,9 +483,7 @@ def _serving_rung(decision: Decision | None, hop: str | None) -> str:
     return "primary" if depth == 0 else "fallback"
 
 
-def _model(body: RequestBody) -> Any:
-    from sidecar.domain.ids import ModelName
-
+def _model(body: RequestBody) -> ModelName:
     return ModelName(body.model)
 
 

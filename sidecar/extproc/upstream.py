@@ -132,7 +132,8 @@ class UpstreamProcessor:
 
     def _refuse(self, rejection: Rejection, detail: str = "") -> Any:
         self.outcome = f"refused:{rejection.code}"
-        log.error("upstream attempt refused: %s", detail or rejection.message)
+        level = logging.ERROR if rejection.status >= 500 else logging.INFO
+        log.log(level, "upstream attempt refused: %s", detail or rejection.message)
         return codec.reject(rejection, self._family)
 
 
