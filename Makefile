@@ -14,7 +14,7 @@ FIX_OTEL_PROTO = $(BIN)/pip install --quiet --force-reinstall --no-deps \
 	"opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
 	&& $(PY) -c 'from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope'
 
-.PHONY: install proto lint format typecheck test test-unit test-e2e run check clean
+.PHONY: install proto lint format typecheck test test-unit test-e2e run check clean redis-server
 
 install: $(STAMP) $(PROTO_STAMP)
 
@@ -52,7 +52,11 @@ test-unit: install
 test-e2e: install
 	$(BIN)/pytest tests/e2e
 
-test: lint typecheck
+# The store contract tests run against a real redis-server (Debian's), installed if missing.
+redis-server:
+	command -v redis-server >/dev/null 2>&1 || sh tests/fakes/install-redis.sh
+
+test: lint typecheck redis-server
 	$(BIN)/pytest
 
 check: install

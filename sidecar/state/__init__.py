@@ -1,0 +1,29 @@
+"""Shared state for budgets and rate limits: counters with reservations, rate limiters.
+
+:class:`CounterStore` is the interface (:mod:`sidecar.state.store` explains its
+semantics); :class:`MemoryStore` keeps state in this process, :class:`RedisStore` shares
+it between replicas. Any call may raise :class:`StoreUnavailable`, and nothing else, when
+the backing service is out.
+"""
+
+from sidecar.state.memory import MemoryStore
+from sidecar.state.redis import RedisStore
+from sidecar.state.store import (
+    CounterStore,
+    KeyKindError,
+    RateDecision,
+    Reservation,
+    StoreUnavailable,
+    Usage,
+)
+
+__all__ = [
+    "CounterStore",
+    "KeyKindError",
+    "MemoryStore",
+    "RateDecision",
+    "RedisStore",
+    "Reservation",
+    "StoreUnavailable",
+    "Usage",
+]
