@@ -7,8 +7,10 @@ processor answers each:
 - request body: take a slot in the tier's pool (waiting or shed), route through the
   chain (skipping clusters whose breaker is open or that are full), or fall down the
   ladder (cached answer, degraded answer, queue) when no cluster can take it;
-- response headers: feed the chosen cluster's breaker, say which rung answered;
-- response body (only when an answer is to be kept): keep it in the answer cache.
+- response headers: feed the chosen cluster's breaker, say which rung answered, and
+  ask for the body (streamed, or buffered only to translate a whole answer);
+- response body: read the token usage (and the cost), keep the answer for the answer
+  cache, translate it back to the client's API when another API family served it.
 
 When the chosen cluster has usable clusters after it in the chain, the request is sent
 to the aggregate cluster of that chain suffix and Envoy fails over inside the request
@@ -16,7 +18,8 @@ to the aggregate cluster of that chain suffix and Envoy fails over inside the re
 breaker, and the response headers name the cluster that answered.
 
 The processor holds the request's slot and breaker permit; :meth:`close` gives both
-back, and the stream loop calls it however the stream ends.
+back and hands the request's record to telemetry, and the stream loop calls it however
+the stream ends.
 """
 
 import json
