@@ -396,7 +396,8 @@ class StreamProcessor:
                 runtime.finish_call(request.permit, classify(status, elapsed, slow_after))
             )
             request.permit = None
-        hop = codec.read_hop(message)
+        # Only a failover request can be answered by another cluster than the chosen one.
+        hop = codec.read_hop(message) if request.failover_call is not None else None
         if request.failover_call is not None:
             runtime.failover_answered(request.failover_call)
             if hop is None and status >= 500 and request.decision is not None:
