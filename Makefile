@@ -54,7 +54,7 @@ test-e2e: install
 
 # The store contract tests run against a real redis-server (Debian's), installed if missing.
 redis-server:
-	command -v redis-server >/dev/null 2>&1 || sh tests/fakes/install-redis.sh
+	sh tools/install-debian-package.sh redis-server redis-server "make test"
 
 test: lint typecheck redis-server
 	$(BIN)/pytest
@@ -73,5 +73,5 @@ clean:
 # Options: make bench BENCH_ARGS="--duration 5 --concurrency 1 16 64" (see python -m bench.run -h).
 .PHONY: bench
 bench: install
-	command -v wrk >/dev/null 2>&1 || sh bench/install-wrk.sh
+	sh tools/install-debian-package.sh wrk wrk "make bench"
 	$(PY) -m bench.run $(BENCH_ARGS)

@@ -8,7 +8,6 @@ Python model servers are replaced by a second Envoy answering on the same ports
 ``setpriv --pdeathsig TERM``, so none outlives the benchmark.
 """
 
-import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,13 +17,12 @@ from typing import Final
 
 from sidecar_demo.specs import DEMO_FLEET
 from sidecar_demo.stack import (
-    ENVOY_ADMIN,
     ENVOY_LISTENER,
     SIDECAR_ADMIN,
-    SIDECAR_LISTEN,
     DemoStack,
     ManagedProcess,
     StackLayout,
+    busy_endpoints,
 )
 
 UPSTREAM_CONFIG: Final = Path(__file__).with_name("upstream-envoy.yaml")
@@ -46,17 +44,6 @@ class Pids:
     envoy: int
     sidecar: int
     upstream: int
-
-
-def busy_endpoints() -> list[str]:
-    """The ports (and the sidecar's abstract socket) the benchmark needs but finds taken."""
-    wanted = [ENVOY_LISTENER, ENVOY_ADMIN, SIDECAR_ADMIN]
-    wanted += [("127.0.0.1", port) for port in UPSTREAM_PORTS]
-    busy = [f"{host}:{port}" for host, port in wanted if not _tcp_free(host, port)]
-    abstract = SIDECAR_LISTEN.removeprefix("unix-abstract:")
-    if not _abstract_free(abstract):
-        busy.append(f"@{abstract}")
-    return busy
 
 
 class BenchStack:
@@ -138,22 +125,3 @@ class BenchStack:
         ]
         if dead:
             raise BenchError(f"exited during the benchmark: {', '.join(dead)}")
-
-
-def _tcp_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _abstract_free(name: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind("\0" + name)
-        except OSError:
-            return False
-    return True

@@ -259,7 +259,17 @@ async def handle_echo(request: web.Request) -> web.StreamResponse:
 
 
 async def _service_fault(request: web.Request, state: ServerState) -> web.StreamResponse | None:
-    fault = state.faults.take()
+    return await _apply_fault(request, state, state.faults.take(), _service_error)
+
+
+def _service_error(message: str, status: int) -> dict[str, Any]:
+    return {"error": message}
+
+
+async def _apply_fault(
+    request: web.Request, state: ServerState, fault: Fault, error_body: ErrorBody
+) -> web.StreamResponse | None:
+    """Stall, delay, drop or fail as ``fault`` says; None when the request goes on."""
     if fault.mode == "stall":
         await state.faults.stall(state.max_stall_s)
     if fault.latency_ms:
@@ -267,8 +277,7 @@ async def _service_fault(request: web.Request, state: ServerState) -> web.Stream
     if fault.mode == "reset":
         return _drop_connection(request)
     if fault.mode == "fail":
-        status = fault.status or DEFAULT_FAIL_STATUS
-        return web.json_response({"error": f"injected failure {status}"}, status=status)
+        return _injected_failure(error_body, fault)
     return None
 
 
@@ -290,14 +299,9 @@ async def _answer(
 ) -> web.StreamResponse:
     """Apply the active fault, then answer the request with the endpoint's reply."""
     fault = state.faults.take()
-    if fault.mode == "stall":
-        await state.faults.stall(state.max_stall_s)
-    if fault.latency_ms:
-        await state.sleep(fault.latency_ms / 1000)
-    if fault.mode == "reset":
-        return _drop_connection(request)
-    if fault.mode == "fail":
-        return _injected_failure(endpoint, fault)
+    faulted = await _apply_fault(request, state, fault, endpoint.error_body)
+    if faulted is not None:
+        return faulted
     try:
         reply = endpoint.build(state.spec, _parse_json(body))
     except BadRequestError as exc:
@@ -314,10 +318,10 @@ def _parse_json(body: bytes) -> object:
         raise BadRequestError(f"the request body is not valid JSON: {exc}") from exc
 
 
-def _injected_failure(endpoint: _Endpoint, fault: Fault) -> web.Response:
+def _injected_failure(error_body: ErrorBody, fault: Fault) -> web.Response:
     status = fault.status or DEFAULT_FAIL_STATUS
     headers = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
-    body = endpoint.error_body(f"injected fault: HTTP {status}", status)
+    body = error_body(f"injected fault: HTTP {status}", status)
     return web.json_response(body, status=status, headers=headers)
 
 

@@ -205,17 +205,24 @@ class DemoStack:
         ]
 
 
-def _require_free_ports() -> None:
+def busy_endpoints() -> list[str]:
+    """The stack's ports (and the sidecar's abstract socket, as ``@name``) already taken."""
     wanted = [ENVOY_LISTENER, ENVOY_ADMIN, SIDECAR_ADMIN]
     wanted += [(spec.host, spec.port) for spec in DEMO_FLEET]
     busy = [f"{host}:{port}" for host, port in wanted if not _port_free(host, port)]
+    socket_name = SIDECAR_LISTEN.removeprefix("unix-abstract:")
+    if not _abstract_socket_free(socket_name):
+        busy.append(f"@{socket_name}")
+    return busy
+
+
+def _require_free_ports() -> None:
+    busy = busy_endpoints()
     if busy:
         raise StackError(
-            f"ports already in use: {', '.join(busy)}. Is another demo stack (make run) "
+            f"already in use: {', '.join(busy)}. Is another demo stack (make run) "
             "or test run still going? Stop it first."
         )
-    if not _abstract_socket_free(SIDECAR_LISTEN.removeprefix("unix-abstract:")):
-        raise StackError(f"the sidecar socket {SIDECAR_LISTEN} is in use by another sidecar")
 
 
 def _port_free(host: str, port: int) -> bool:

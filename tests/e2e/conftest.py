@@ -111,10 +111,14 @@ class Harness:
     async def recorded(self, server: str) -> list[dict[str, Any]]:
         return await self.servers[server].recorded_requests()
 
-    async def sidecar_streams(self) -> dict[str, int]:
+    async def sidecar_state(self) -> dict[str, Any]:
+        """The sidecar's live state, from ``/state`` on its admin port."""
         async with self.http.get(f"{SIDECAR_ADMIN_URL}/state") as response:
-            state = await response.json()
-        streams: dict[str, int] = state["streams"]
+            state: dict[str, Any] = await response.json()
+        return state
+
+    async def sidecar_streams(self) -> dict[str, int]:
+        streams: dict[str, int] = (await self.sidecar_state())["streams"]
         return streams
 
     async def set_fail_open(self, percent: int | None) -> None:
@@ -145,3 +149,17 @@ async def harness(stack: DemoStack) -> AsyncIterator[Harness]:
         await test_harness.set_fail_open(None)
         for control in servers.values():
             await control.clear_fault()
+
+
+@pytest.fixture
+async def fresh(harness: Harness) -> AsyncIterator[Harness]:
+    """The harness, and afterwards a sidecar restarted with no breaker or pool state.
+
+    For tests that trip breakers or fill pools: the state they leave must not reach the
+    next test.
+    """
+    yield harness
+    for control in harness.servers.values():
+        await control.clear_fault()
+    harness.stack.sidecar.stop()
+    harness.stack.sidecar.start()

@@ -9,12 +9,11 @@ ends, so breaker state never leaks into the next test.
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ENVOY_ADMIN_URL, SIDECAR_ADMIN_URL, Harness
+from tests.e2e.conftest import ENVOY_ADMIN_URL, Harness
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -24,18 +23,8 @@ PAID_AGGREGATE = "chain--" + "--".join(PAID_CHAIN)
 UPSTREAM_KEY = "Bearer sk-upstream-openai-demo"
 
 
-@pytest.fixture
-async def failover(harness: Harness) -> AsyncIterator[Harness]:
-    yield harness
-    for control in harness.servers.values():
-        await control.clear_fault()
-    harness.stack.sidecar.stop()
-    harness.stack.sidecar.start()
-
-
 async def sidecar_clusters(harness: Harness) -> dict[str, Any]:
-    async with harness.http.get(f"{SIDECAR_ADMIN_URL}/state") as response:
-        clusters: dict[str, Any] = (await response.json())["clusters"]
+    clusters: dict[str, Any] = (await harness.sidecar_state())["clusters"]
     return clusters
 
 
@@ -68,20 +57,20 @@ async def envoy_counter(harness: Harness, name: str) -> int:
     ids=["503", "500", "429", "reset"],
 )
 async def test_a_failing_primary_is_retried_on_the_next_hop_in_the_same_request(
-    failover: Harness, fault: dict[str, Any]
+    fresh: Harness, fault: dict[str, Any]
 ) -> None:
-    before = await breaker_windows(failover)
-    await failover.servers["openai-premium"].set_fault(**fault)
+    before = await breaker_windows(fresh)
+    await fresh.servers["openai-premium"].set_fault(**fault)
     identity = {"x-api-key": "sk-demo-paid", "cookie": "session=1"}
-    async with await failover.chat("sk-demo-paid", headers=identity) as response:
+    async with await fresh.chat("sk-demo-paid", headers=identity) as response:
         assert response.status == 200
         assert response.headers["x-ai-sidecar-rung"] == "fallback"
         answer = await response.json()
     assert answer["model"] == "gpt-4o-mini"
 
-    (tried,) = await failover.recorded("openai-premium")
+    (tried,) = await fresh.recorded("openai-premium")
     assert tried["json"]["model"] == "gpt-4o"
-    (served,) = await failover.recorded("openai-cheap")
+    (served,) = await fresh.recorded("openai-cheap")
     assert served["json"]["model"] == "gpt-4o-mini", "the body is rewritten for this hop"
     assert served["json"]["messages"] == [{"role": "user", "content": "Hello"}]
     assert served["headers"]["authorization"] == UPSTREAM_KEY
@@ -90,24 +79,24 @@ async def test_a_failing_primary_is_retried_on_the_next_hop_in_the_same_request(
         served["headers"]
     )
     assert "sk-demo-paid" not in json.dumps([tried, served]), "the tenant's key stays home"
-    assert await failover.recorded("ollama-local") == []
+    assert await fresh.recorded("ollama-local") == []
 
     # Each attempt fed its own cluster's breaker: one failure for premium, one success
     # for cheap (the reset is judged when the request gets its answer).
     async def attempts_counted() -> bool:
-        return await breaker_windows(failover) == {
+        return await breaker_windows(fresh) == {
             **before,
             "openai-premium": (before["openai-premium"][0] + 1, before["openai-premium"][1] + 1),
             "openai-cheap": (before["openai-cheap"][0] + 1, before["openai-cheap"][1]),
         }
 
     await wait_until(attempts_counted)
-    assert all(c["in_flight"] == 0 for c in (await sidecar_clusters(failover)).values())
+    assert all(c["in_flight"] == 0 for c in (await sidecar_clusters(fresh)).values())
 
 
-async def test_a_streamed_request_fails_over_before_its_first_event(failover: Harness) -> None:
-    await failover.servers["openai-premium"].set_fault(mode="fail", status=503)
-    async with await failover.chat("sk-demo-paid", stream=True) as response:
+async def test_a_streamed_request_fails_over_before_its_first_event(fresh: Harness) -> None:
+    await fresh.servers["openai-premium"].set_fault(mode="fail", status=503)
+    async with await fresh.chat("sk-demo-paid", stream=True) as response:
         assert response.status == 200
         assert response.headers["x-ai-sidecar-rung"] == "fallback"
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -115,14 +104,14 @@ async def test_a_streamed_request_fails_over_before_its_first_event(failover: Ha
     assert {json.loads(event[6:])["model"] for event in events} == {"gpt-4o-mini"}
 
 
-async def test_the_last_hop_gets_the_ollama_model_and_no_credential(failover: Harness) -> None:
+async def test_the_last_hop_gets_the_ollama_model_and_no_credential(fresh: Harness) -> None:
     for name in PAID_CHAIN[:2]:
-        await failover.servers[name].set_fault(mode="fail", status=503)
-    async with await failover.chat("sk-demo-paid") as response:
+        await fresh.servers[name].set_fault(mode="fail", status=503)
+    async with await fresh.chat("sk-demo-paid") as response:
         assert response.status == 200
         assert response.headers["x-ai-sidecar-rung"] == "fallback"
         assert (await response.json())["model"] == "llama3.2"
-    (served,) = await failover.recorded("ollama-local")
+    (served,) = await fresh.recorded("ollama-local")
     assert served["json"]["model"] == "llama3.2"
     assert "authorization" not in served["headers"], "header changes of earlier hops are undone"
 
@@ -136,13 +125,13 @@ async def test_the_last_hop_gets_the_ollama_model_and_no_credential(failover: Ha
     ids=["503", "reset"],
 )
 async def test_when_every_hop_fails_the_client_gets_a_clear_error_after_one_try_each(
-    failover: Harness, fault: dict[str, Any], status: int, code: str | None
+    fresh: Harness, fault: dict[str, Any], status: int, code: str | None
 ) -> None:
     for name in PAID_CHAIN:
-        await failover.servers[name].set_fault(**fault)
+        await fresh.servers[name].set_fault(**fault)
     # A client asking Envoy for more retries is ignored: no hop is tried twice.
     more = {"x-envoy-max-retries": "10", "x-envoy-retry-on": "5xx"}
-    async with await failover.chat("sk-demo-paid", headers=more) as response:
+    async with await fresh.chat("sk-demo-paid", headers=more) as response:
         assert response.status == status
         error = (await response.json())["error"]
     assert error["type"] == "server_error"
@@ -150,34 +139,34 @@ async def test_when_every_hop_fails_the_client_gets_a_clear_error_after_one_try_
     if code is not None:
         assert error["code"].startswith(code)
     for name in PAID_CHAIN:
-        assert len(await failover.recorded(name)) == 1, f"{name} is tried exactly once"
+        assert len(await fresh.recorded(name)) == 1, f"{name} is tried exactly once"
 
 
-async def test_a_client_error_from_the_primary_is_not_retried(failover: Harness) -> None:
-    calls, failures = (await breaker_windows(failover))["openai-premium"]
-    await failover.servers["openai-premium"].set_fault(mode="fail", status=400)
-    async with await failover.chat("sk-demo-paid") as response:
+async def test_a_client_error_from_the_primary_is_not_retried(fresh: Harness) -> None:
+    calls, failures = (await breaker_windows(fresh))["openai-premium"]
+    await fresh.servers["openai-premium"].set_fault(mode="fail", status=400)
+    async with await fresh.chat("sk-demo-paid") as response:
         assert response.status == 400
         assert response.headers["x-ai-sidecar-rung"] == "primary"
-    assert len(await failover.recorded("openai-premium")) == 1
-    assert await failover.recorded("openai-cheap") == []
+    assert len(await fresh.recorded("openai-premium")) == 1
+    assert await fresh.recorded("openai-cheap") == []
     await wait_until(
-        lambda: _window_is(failover, "openai-premium", (calls + 1, failures)),
+        lambda: _window_is(fresh, "openai-premium", (calls + 1, failures)),
     )
 
 
-async def test_a_single_remaining_hop_is_not_retried(failover: Harness) -> None:
-    await failover.servers["ollama-local"].set_fault(mode="fail", status=503)
-    async with await failover.chat("sk-demo-paid", model="local") as response:
+async def test_a_single_remaining_hop_is_not_retried(fresh: Harness) -> None:
+    await fresh.servers["ollama-local"].set_fault(mode="fail", status=503)
+    async with await fresh.chat("sk-demo-paid", model="local") as response:
         assert response.status == 503
-    assert len(await failover.recorded("ollama-local")) == 1
+    assert len(await fresh.recorded("ollama-local")) == 1
 
 
 async def test_every_aggregate_has_a_retry_budget_that_bounds_the_retries(
-    failover: Harness,
+    fresh: Harness,
 ) -> None:
     url = f"{ENVOY_ADMIN_URL}/config_dump?resource=static_clusters&name_regex=chain--.*"
-    async with failover.http.get(url) as response:
+    async with fresh.http.get(url) as response:
         clusters = [entry["cluster"] for entry in (await response.json())["configs"]]
     assert len(clusters) == 6
     for cluster in clusters:
@@ -190,15 +179,15 @@ async def test_every_aggregate_has_a_retry_budget_that_bounds_the_retries(
     # Ten retries may be under way at once (min_retry_concurrency): with the primary
     # resetting connections (outcomes the breaker judges only once each request is
     # answered) and the next hop holding its retries, an eleventh request is not retried.
-    premium, cheap = failover.servers["openai-premium"], failover.servers["openai-cheap"]
+    premium, cheap = fresh.servers["openai-premium"], fresh.servers["openai-cheap"]
     overflow = f"cluster.{PAID_AGGREGATE}.upstream_rq_retry_overflow"
-    before = await envoy_counter(failover, overflow)
+    before = await envoy_counter(fresh, overflow)
     await premium.set_fault(mode="reset")
     await cheap.set_fault(mode="stall")
-    held = [asyncio.create_task(_status(failover, n)) for n in range(10)]
+    held = [asyncio.create_task(_status(fresh, n)) for n in range(10)]
     await cheap.wait_for_stalled(10)
-    assert await _status(failover, 10) == 503, "over the budget: the primary's failure"
-    assert await envoy_counter(failover, overflow) == before + 1
+    assert await _status(fresh, 10) == 503, "over the budget: the primary's failure"
+    assert await envoy_counter(fresh, overflow) == before + 1
     await cheap.clear_fault()
     assert await asyncio.gather(*held) == [200] * 10
 

@@ -8,7 +8,6 @@ the sidecar's decision log are read back from their files.
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -55,15 +54,6 @@ async def scrape(harness: Harness) -> dict[tuple[str, tuple[tuple[str, str], ...
 
 def value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-@pytest.fixture
-async def fresh(harness: Harness) -> AsyncIterator[Harness]:
-    yield harness
-    for control in harness.servers.values():
-        await control.clear_fault()
-    harness.stack.sidecar.stop()
-    harness.stack.sidecar.start()
 
 
 async def test_a_request_with_a_traceparent_yields_a_child_span_and_joins_upstream(

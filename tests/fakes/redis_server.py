@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-INSTALL_SCRIPT = Path(__file__).resolve().parent / "install-redis.sh"
+INSTALL_SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "install-debian-package.sh"
 
 
 class RedisServerMissing(RuntimeError):  # noqa: N818 - reads as the condition it reports
@@ -73,7 +73,8 @@ class RedisServer:
         if executable is None:
             raise RedisServerMissing(
                 f"{self.binary} is not installed (Debian package redis-server): "
-                f"`make test` installs it, or run `sh {INSTALL_SCRIPT}` as root"
+                f"`make test` installs it, or run "
+                f"`sh {INSTALL_SCRIPT} redis-server redis-server tests` as root"
             )
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="redis-test-"))

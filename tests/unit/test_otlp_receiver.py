@@ -1,7 +1,7 @@
 """The fake OTLP receiver collects what the real OpenTelemetry SDK exports, and misbehaves."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -17,14 +17,6 @@ from tests.waiting import wait_until
 
 SERVICE = "ai-sidecar-test"
 SCOPE = "tests.otlp"
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
 
 
 def _provider(*processors: SimpleSpanProcessor) -> TracerProvider:

@@ -43,14 +43,6 @@ def _no_stray_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
-
-
-@pytest.fixture
 async def make_tracing(receiver: OtlpReceiver) -> AsyncIterator[TracingFactory]:
     """Tracing exporting to the receiver (quickly: 20 ms batches); shut down at the end."""
     made: list[Tracing] = []
