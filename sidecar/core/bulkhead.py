@@ -128,6 +128,11 @@ class PoolSet:
     def retry_after_s(self, pool: str) -> int:
         return self._pools[pool].config.retry_after_s
 
+    def occupancy(self, pool: str) -> tuple[int, int]:
+        """Slots of ``pool`` in use, and its capacity."""
+        state = self._pools[pool]
+        return state.in_use, state.config.max_concurrent
+
     def snapshot(self) -> dict[str, dict[str, int]]:
         """Occupancy of every pool, for the admin state view and metrics."""
         return {

@@ -45,11 +45,9 @@ class RequestNotes:
         record = self.record
         if record is None:
             return
-        occupancy = self._runtime.fleet.pools.snapshot()[pool]
         record.pool = pool
         record.priority = priority
-        record.pool_in_use = occupancy["in_use"]
-        record.pool_capacity = occupancy["max_concurrent"]
+        record.pool_in_use, record.pool_capacity = self._runtime.fleet.pools.occupancy(pool)
         if isinstance(admitted, Shed):
             record.outcome = "shed"
             record.event("shed", self._runtime.clock.now(), pool=pool, reason=admitted.reason)

@@ -25,6 +25,7 @@ the stream ends.
 import json
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,7 @@ from sidecar.extproc.notes import RequestNotes
 from sidecar.providers.body import RequestBody, parse_body_for, rewrite_model, wants_stream
 from sidecar.providers.response_rewrite import plan_rewrite
 from sidecar.providers.synthetic import answer_text, can_synthesize, synthesize
+from sidecar.providers.translate import needs_translation
 from sidecar.providers.upstream_request import upstream_request
 from sidecar.telemetry.sinks import Telemetry
 from sidecar.telemetry.tracing import SpanHandle
@@ -72,7 +74,7 @@ class _Request:
 
     tenant: TenantSpec
     routed: RoutedPath
-    headers: dict[str, str]
+    headers: Mapping[str, str]
     body: RequestBody | None = None
     slot: Slot | None = None
     decision: Decision | None = None
@@ -166,7 +168,7 @@ class StreamProcessor:
         tenant = identify(presented, policy)
         if isinstance(tenant, Rejection):
             return self._reject(tenant, endpoint)
-        self._request = _Request(tenant, routed, dict(head.headers))
+        self._request = _Request(tenant, routed, head.headers)
         self._notes.tenant(tenant)
         return codec.continue_request_headers()
 
@@ -304,6 +306,8 @@ class StreamProcessor:
         if decision.hops == 1:
             return upstream_request(endpoint, path, clusters[decision.cluster], body)
         for hop in decision.failover_hops:
+            if not needs_translation(endpoint, clusters[hop].provider):
+                continue  # only a translation can refuse a request
             prepared = upstream_request(endpoint, path, clusters[hop], body)
             if isinstance(prepared, Rejection):
                 return prepared

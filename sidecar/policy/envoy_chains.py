@@ -27,7 +27,7 @@ class ChainOptions:
 
 _CODEC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
 
-_FIRST = """\
+_HEAD = """\
   - name: {name}
     connect_timeout: 2s
     lb_policy: CLUSTER_PROVIDED
@@ -36,6 +36,12 @@ _FIRST = """\
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig
         clusters: [{hops}]
+"""
+"""The start of every aggregate: its name and its clusters in order."""
+
+_FIRST = (
+    _HEAD
+    + """\
     # Retries (one per further hop) may add at most {budget:g}% to the requests in flight on this
     # chain, or {min_retries} at a time, whichever is more: a failing provider is not hammered.
     circuit_breakers: &ai_sidecar_retry_budget
@@ -82,19 +88,15 @@ _FIRST = """\
           typed_config:
             "@type": {codec_type}
 """
+)
 
-_REST = """\
-  - name: {name}
-    connect_timeout: 2s
-    lb_policy: CLUSTER_PROVIDED
-    cluster_type:
-      name: envoy.clusters.aggregate
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig
-        clusters: [{hops}]
+_REST = (
+    _HEAD
+    + """\
     circuit_breakers: *ai_sidecar_retry_budget
     typed_extension_protocol_options: *ai_sidecar_failover_filters
 """
+)
 
 
 def render_aggregates(

@@ -28,7 +28,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidecar.telemetry.record import OUTCOMES, UNKNOWN, RequestRecord
+from sidecar.telemetry.record import ERROR_OUTCOMES, OUTCOMES, UNKNOWN, RequestRecord
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -75,9 +75,6 @@ ERROR_CODES: Final = frozenset(
     }
 )
 """Every error code the sidecar answers with."""
-
-ERROR_OUTCOMES: Final = frozenset({"rejected", "shed", "error"})
-"""Outcomes whose error kind is the request's error code."""
 
 BREAKER_STATES: Final = {"closed": 0, "half_open": 1, "open": 2}
 """The breaker gauge's value for each state."""

@@ -23,6 +23,9 @@ OUTCOMES = (
 )
 """How a request ended; ``routed`` means an upstream answered (any status)."""
 
+ERROR_OUTCOMES = frozenset({"rejected", "shed", "error"})
+"""Outcomes in which the sidecar answered with an error of its own (``error_code``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class RecordEvent:

@@ -58,7 +58,7 @@ from opentelemetry.util.re import parse_env_headers
 from opentelemetry.util.types import AttributeValue
 
 from sidecar.domain.api import Endpoint, endpoint_for_path
-from sidecar.telemetry.record import RecordEvent, RequestRecord
+from sidecar.telemetry.record import ERROR_OUTCOMES, RecordEvent, RequestRecord
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -85,9 +85,6 @@ _DEFAULT_SAMPLER: Final = "parentbased_always_on"
 
 STAT_KEYS: Final = ("spans_started", "spans_exported", "spans_export_failed", "spans_dropped")
 """The counters :meth:`Tracing.stats` reports."""
-
-ERROR_OUTCOMES: Final = frozenset({"rejected", "shed", "error"})
-"""Outcomes that mark the request's span as an error (as does a status of 500 or more)."""
 
 _OPERATIONS: Final = {
     Endpoint.OPENAI_CHAT: "chat",
