@@ -21,6 +21,7 @@ from sidecar_demo.specs import DEMO_FLEET
 from sidecar_demo.stack import ENVOY_ADMIN, ENVOY_LISTENER, SIDECAR_ADMIN, DemoStack, StackLayout
 from sidecar_demo.tokens import demo_tenant_token
 from tests.conftest import DEMO_POLICY, ENVOY_CONFIG, ROOT
+from tests.e2e.replicas import ReplicaFactory
 from tests.fakes.otlp_receiver import CollectedSpan, OtlpReceiver
 
 ENVOY = f"http://{ENVOY_LISTENER[0]}:{ENVOY_LISTENER[1]}"
@@ -163,3 +164,18 @@ async def fresh(harness: Harness) -> AsyncIterator[Harness]:
         await control.clear_fault()
     harness.stack.sidecar.stop()
     harness.stack.sidecar.start()
+
+
+@pytest.fixture
+def start_replicas(stack: DemoStack) -> Iterator[ReplicaFactory]:
+    """Start sidecar replicas with their own Envoys; all stopped after the test.
+
+    ``start_replicas(count, policy=DEMO_POLICY, extra_env=None, envoy_config=ENVOY_CONFIG)``
+    returns the started :class:`~sidecar_demo.stack.ReplicaStack` objects (see
+    tests/e2e/replicas.py). The session stack must be up: its model servers serve them.
+    """
+    factory = ReplicaFactory(stack.layout.log_dir)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
