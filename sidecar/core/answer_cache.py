@@ -23,13 +23,16 @@ _NEVER_IN_KEY = frozenset({"stream", "stream_options"})
 class CachedAnswer:
     """An earlier answer: the assistant's text, the model that wrote it, and when.
 
-    Answers of JSON services are kept whole instead: ``raw`` is the body as it came.
+    Answers of JSON services, and those the cost cache serves again, are kept whole
+    instead: ``raw`` is the body as the client got it. ``cost_usd`` is what the answer
+    cost when a model wrote it (None: not priced).
     """
 
     text: str
     model: str
     stored_at: float
     raw: bytes = b""
+    cost_usd: float | None = None
 
 
 def cache_key(
@@ -39,20 +42,36 @@ def cache_key(
     body: Mapping[str, Any],
     headers: Mapping[str, str],
 ) -> str:
-    """The digest under which answers to this request are stored."""
+    """The digest under which answers to this request are stored (degradation cache)."""
     if spec.key_fields:
         fields = {name: body.get(name) for name in spec.key_fields}
     else:
-        fields = {name: value for name, value in body.items() if name not in _NEVER_IN_KEY}
-    fields.pop("model", None)
+        fields = _whole_request(body)
+    key_headers = {name: headers.get(name) for name in spec.key_headers}
+    return request_digest("" if spec.shared else tenant, model, fields, key_headers)
+
+
+def exact_key(scope: str, model: ModelName, body: Mapping[str, Any]) -> str:
+    """The digest of the whole request (but ``stream``) in ``scope`` (cost cache)."""
+    return request_digest(scope, model, _whole_request(body), {})
+
+
+def request_digest(
+    scope: str, model: ModelName, fields: Mapping[str, Any], headers: Mapping[str, Any]
+) -> str:
+    """SHA-256 of the scope, the virtual model, and the request fields and headers."""
     material = {
-        "scope": "" if spec.shared else tenant,
+        "scope": scope,
         "model": model,
-        "fields": fields,
-        "headers": {name: headers.get(name) for name in spec.key_headers},
+        "fields": {name: value for name, value in fields.items() if name != "model"},
+        "headers": headers,
     }
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _whole_request(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in body.items() if name not in _NEVER_IN_KEY}
 
 
 class AnswerCache:
@@ -64,6 +83,8 @@ class AnswerCache:
         self._max_age_s = max_age_s
         self.hits = 0
         self.misses = 0
+        self.saved_usd = 0.0
+        """What the answers served again had cost (the money a hit saves)."""
 
     def get(self, key: str, now: float) -> CachedAnswer | None:
         """The answer under ``key`` if it is young enough; counts a hit or a miss."""
@@ -75,6 +96,7 @@ class AnswerCache:
             return None
         self._entries.move_to_end(key)
         self.hits += 1
+        self.saved_usd += answer.cost_usd or 0.0
         return answer
 
     def put(self, key: str, answer: CachedAnswer) -> None:

@@ -9,7 +9,7 @@ degradation ladder). It never raises for bad requests.
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sidecar.core.pipeline import Candidate, FleetView, PipelineRequest, apply_filters
 from sidecar.core.pipeline.filters import DEFAULT_FILTERS
@@ -39,11 +39,16 @@ class ActivePolicy:
 
 @dataclass(frozen=True, slots=True)
 class RouteRequest:
-    """The facts about a request that routing depends on."""
+    """The facts about a request that routing depends on.
+
+    ``downgrade_reason`` set: the chain's primary is passed over (a budget is under
+    pressure), for that reason, when the chain has a cluster after it.
+    """
 
     tenant: TenantSpec
     endpoint: Endpoint
     requested_model: str
+    downgrade_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +82,15 @@ def route(
     candidates = [
         Candidate(policy.clusters[name], depth) for depth, name in enumerate(route_spec.chain)
     ]
+    passed_over: tuple[tuple[ClusterName, str], ...] = ()
+    if request.downgrade_reason is not None and len(candidates) > 1:
+        passed_over = ((candidates[0].cluster.name, request.downgrade_reason),)
+        candidates = candidates[1:]
     filtered = apply_filters(
         candidates, DEFAULT_FILTERS, PipelineRequest(request.endpoint, now), fleet
     )
+    if passed_over:
+        filtered = replace(filtered, skipped=passed_over + filtered.skipped)
     if not filtered.remaining:
         if all(reason.startswith("does not serve") for _, reason in filtered.skipped):
             return endpoint_not_served(model, request.endpoint.path)

@@ -193,3 +193,54 @@ def degraded_queue_full(model: ModelName) -> Rejection:
         f"The model '{model}' is unavailable and its request queue is full.",
         30,
     )
+
+
+def budget_exhausted(
+    budget: str, whose: str, used: str, window: str, resets_at: str, retry_after_s: int
+) -> Rejection:
+    """A budget the request counts against is spent, and its policy says refuse.
+
+    ``whose`` names the count ("tenant 'acme'", "team 'data'", "job 'nightly' of tenant
+    'acme'"); ``used`` says how much of what ("1000 of 1000 tokens").
+    """
+    return Rejection(
+        429,
+        "insufficient_quota",
+        "budget_exceeded",
+        f"The {window} budget '{budget}' of {whose} is spent ({used}); it resets at {resets_at}.",
+        retry_after_s,
+    )
+
+
+def rate_limited(what: str, retry_after_s: int) -> Rejection:
+    """The tenant is over a requests or tokens per minute limit; ``what`` says which."""
+    return Rejection(
+        429,
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        f"Rate limit reached: {what}; retry after {retry_after_s}s.",
+        retry_after_s,
+    )
+
+
+def over_rate_limit_capacity(estimate: int, limit: int) -> Rejection:
+    """One request's token estimate is larger than the tenant's whole per-minute limit."""
+    return Rejection(
+        429,
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        f"This request may use up to {estimate} tokens (prompt estimate plus max_tokens), "
+        f"more than the limit of {limit} tokens per minute; lower max_tokens or shorten "
+        "the prompt.",
+    )
+
+
+def invalid_job_id(header: str) -> Rejection:
+    """The job header holds something that cannot be a job id."""
+    return Rejection(
+        400,
+        "invalid_request_error",
+        "invalid_job_id",
+        f"The '{header}' header must be a job id of 1 to 128 letters, digits, "
+        "'_', '.', ':' or '-'.",
+    )

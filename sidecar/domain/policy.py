@@ -7,6 +7,14 @@ that nothing changes it. A different policy is a different value, never an edit.
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sidecar.domain.accounting import (
+    DEFAULT_ASSUMED_MAX_TOKENS,
+    BudgetSpec,
+    CostCacheSpec,
+    JobsSpec,
+    RateLimitSpec,
+    StoreSpec,
+)
 from sidecar.domain.api import Provider
 from sidecar.domain.ids import ClusterName, ModelName, TenantId, TierName
 from sidecar.domain.resilience import BreakerConfig, PoolConfig
@@ -73,23 +81,29 @@ class ModelSpec:
     answer_cache: AnswerCacheSpec | None = None
     degraded: DegradedSpec | None = None
     paths: tuple[str, ...] = ()
+    cost_cache: CostCacheSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RouteSpec:
-    """Where a tier's requests for one virtual model go: clusters in order of preference."""
+    """Where a tier's requests for one virtual model go: clusters in order of preference.
+
+    ``non_critical`` work is the first moved down the chain under budget pressure.
+    """
 
     chain: tuple[ClusterName, ...]
+    non_critical: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class TierSpec:
-    """A service tier: its routes, its bulkhead pool and its shedding priority."""
+    """A service tier: its routes, its bulkhead pool, its shedding priority, its rate limit."""
 
     name: TierName
     routes: Mapping[ModelName, RouteSpec]
     pool: str | None = None
     priority: int = 0
+    rate_limit: RateLimitSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +132,12 @@ class PriorityRule:
 
 @dataclass(frozen=True, slots=True)
 class TenantSpec:
-    """A tenant and the tier it belongs to."""
+    """A tenant, the tier it belongs to, its team, and a rate limit of its own if any."""
 
     tenant_id: TenantId
     tier: TierName
+    team: str | None = None
+    rate_limit: RateLimitSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,3 +179,14 @@ class Policy:
     pools: tuple[PoolConfig, ...] = ()
     priority_rules: tuple[PriorityRule, ...] = ()
     service_paths: Mapping[str, ModelName] = field(default_factory=dict)
+    budgets: tuple[BudgetSpec, ...] = ()
+    jobs: JobsSpec | None = None
+    store: StoreSpec = field(default_factory=StoreSpec)
+    assumed_max_tokens: int = DEFAULT_ASSUMED_MAX_TOKENS
+
+    def rate_limit_of(self, tenant: TenantSpec) -> RateLimitSpec | None:
+        """The tenant's own rate limit, else its tier's, else None."""
+        if tenant.rate_limit is not None:
+            return tenant.rate_limit
+        tier = self.tiers.get(tenant.tier)
+        return tier.rate_limit if tier is not None else None

@@ -2,7 +2,8 @@
 
 A processor asks the runtime to admit a request into its pool (waiting if the pool
 says so), to decide its cluster, to start and finish the upstream call, and to find
-or keep earlier answers. Every slot and permit it hands out must come back through
+or keep earlier answers; its :class:`~sidecar.engine.accounting.Accounting` keeps the
+budgets and rate limits. Every slot and permit it hands out must come back through
 :meth:`release_slot` and :meth:`finish_call`; the processor does that when its
 stream ends, whatever ends it.
 """
@@ -24,6 +25,8 @@ from sidecar.core.fleet import Fleet
 from sidecar.core.router import ActivePolicy, RouteRequest, Unavailable, route
 from sidecar.domain.ids import ClusterName, ModelName
 from sidecar.domain.outcome import Decision, Rejection
+from sidecar.engine.accounting import Accounting
+from sidecar.state.memory import MemoryStore
 
 log = logging.getLogger("sidecar.resilience")
 
@@ -51,9 +54,12 @@ class _FailoverCall:
 class RoutingRuntime:
     """Live state for one active policy, and the waiting around it."""
 
-    def __init__(self, active: ActivePolicy, clock: Clock) -> None:
+    def __init__(
+        self, active: ActivePolicy, clock: Clock, accounting: Accounting | None = None
+    ) -> None:
         self.active = active
         self.clock = clock
+        self.accounting = accounting if accounting is not None else Accounting(MemoryStore())
         self.transition_listeners: list[Callable[[Transition], None]] = []
         self.fleet = Fleet(active.policy)
         self._tickets = itertools.count(1)
@@ -63,6 +69,11 @@ class RoutingRuntime:
             name: AnswerCache(spec.answer_cache.max_entries, spec.answer_cache.max_age_s)
             for name, spec in active.policy.models.items()
             if spec.answer_cache is not None
+        }
+        self.cost_caches = {
+            name: AnswerCache(spec.cost_cache.max_entries, spec.cost_cache.max_age_s)
+            for name, spec in active.policy.models.items()
+            if spec.cost_cache is not None
         }
         self.queues = {
             name: DegradedQueue(spec.degraded.queue_max)
@@ -203,6 +214,9 @@ class RoutingRuntime:
     def cache_for(self, model: ModelName) -> AnswerCache | None:
         return self.caches.get(model)
 
+    def cost_cache_for(self, model: ModelName) -> AnswerCache | None:
+        return self.cost_caches.get(model)
+
     def queue_for(self, model: ModelName) -> DegradedQueue | None:
         return self.queues.get(model)
 
@@ -211,6 +225,15 @@ class RoutingRuntime:
         state["answer_caches"] = {
             name: {"entries": len(cache), "hits": cache.hits, "misses": cache.misses}
             for name, cache in self.caches.items()
+        }
+        state["cost_caches"] = {
+            name: {
+                "entries": len(cache),
+                "hits": cache.hits,
+                "misses": cache.misses,
+                "saved_usd": round(cache.saved_usd, 6),
+            }
+            for name, cache in self.cost_caches.items()
         }
         state["failover_calls"] = len(self._failovers)
         state["degraded_queues"] = {

@@ -27,6 +27,8 @@ _SKIP_BODY = processing_mode_pb2.ProcessingMode.NONE
 _BUFFER_BODY = processing_mode_pb2.ProcessingMode.BUFFERED
 _STREAM_BODY = processing_mode_pb2.ProcessingMode.STREAMED
 RUNG_HEADER = "x-ai-sidecar-rung"
+COST_CACHE_HEADER = "x-ai-sidecar-cache"
+"""Set to ``hit`` on an answer the cost cache served instead of a model."""
 MAX_RETRIES_HEADER = "x-envoy-max-retries"
 SIDECAR_NAMESPACE = "ai.sidecar"
 """Envoy metadata namespace of the sidecar: the failover plan in dynamic metadata, and
@@ -179,9 +181,16 @@ def reject(rejection: Rejection, family: ApiFamily) -> Any:
     )
 
 
-def answer(status: int, body: bytes, content_type: str, rung: str) -> Any:
+def answer(
+    status: int,
+    body: bytes,
+    content_type: str,
+    rung: str,
+    extra_headers: tuple[tuple[str, str], ...] = (),
+) -> Any:
     """Answer the client directly with a body the sidecar wrote (cached or degraded)."""
     headers = [_header("content-type", content_type), _header(RUNG_HEADER, rung)]
+    headers += [_header(name, value) for name, value in extra_headers]
     return ext_proc.ProcessingResponse(
         immediate_response=ext_proc.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=status),

@@ -8,11 +8,13 @@ path that is not the sidecar's) every note is a no-op.
 
 from typing import Any
 
+from sidecar.core.answer_cache import CachedAnswer
 from sidecar.core.breaker import Transition
 from sidecar.core.bulkhead import Slot
 from sidecar.domain.ids import ClusterName
 from sidecar.domain.outcome import Decision, Rejection
 from sidecar.domain.policy import ClusterSpec, TenantSpec
+from sidecar.engine.accounting import BudgetEvent
 from sidecar.engine.runtime import RoutingRuntime, Shed
 from sidecar.extproc.answer_watch import AnswerWatch
 from sidecar.telemetry.record import UNKNOWN, RequestRecord
@@ -32,6 +34,7 @@ class RequestNotes:
         if self.record is not None:
             self.record.tenant = tenant.tenant_id
             self.record.tier = tenant.tier
+            self.record.team = tenant.team
 
     def body(self, model: str, stream: bool) -> None:
         record = self.record
@@ -140,6 +143,36 @@ class RequestNotes:
         price = cluster.price if cluster is not None else None
         if price is not None:
             record.cost_usd = price.cost_usd(watch.usage.input_tokens, watch.usage.output_tokens)
+
+    def cost_usd(self) -> float | None:
+        """What the answer cost: None before its usage is known or if it is not priced."""
+        return self.record.cost_usd if self.record is not None else None
+
+    def cost_cache(self, hit: CachedAnswer | None) -> None:
+        """The cost cache was asked for this request's answer."""
+        record = self.record
+        if record is None:
+            return
+        record.cost_cache = "miss" if hit is None else "hit"
+        if hit is not None:
+            record.saved_usd = hit.cost_usd
+
+    def budget_events(self, events: tuple[BudgetEvent, ...]) -> None:
+        record = self.record
+        if record is None or not events:
+            return
+        now = self._runtime.clock.now()
+        for event in events:
+            record.event(
+                f"budget_{event.name}",
+                now,
+                budget=event.budget,
+                scope=event.scope,
+                unit=event.unit,
+                used=event.used,
+                limit=event.limit,
+            )
+            record.budget_events.append((event.budget, event.name))
 
     def log_fields(self) -> dict[str, Any]:
         """The decision, for Envoy's access log (dynamic metadata ``ai.sidecar``)."""

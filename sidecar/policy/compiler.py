@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from sidecar.domain.accounting import DEFAULT_ASSUMED_MAX_TOKENS
 from sidecar.domain.api import Provider
 from sidecar.domain.ids import ClusterName, ModelName, TenantId, TierName
 from sidecar.domain.policy import (
@@ -33,6 +34,14 @@ from sidecar.domain.policy import (
     TierSpec,
 )
 from sidecar.domain.resilience import BreakerConfig, PoolConfig
+from sidecar.policy.accounting_compiler import (
+    accounting_problems,
+    build_budgets,
+    build_cost_cache,
+    build_jobs,
+    build_rate_limit,
+    build_store,
+)
 from sidecar.policy.yaml_source import FieldPath
 
 _KEY_DIGEST_PREFIX = "sha256:"
@@ -75,6 +84,7 @@ def _reference_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
     yield from _pool_problems(message)
     yield from _resilience_problems(message)
     yield from _header_problems(message)
+    yield from accounting_problems(message)
 
 
 def _is_json(text: str) -> bool:
@@ -201,10 +211,7 @@ def _build(message: Any, digest: str) -> Policy:
             {ModelName(name): _model(name, model) for name, model in message.models.items()}
         ),
         tenants=MappingProxyType(
-            {
-                TenantId(tenant_id): TenantSpec(TenantId(tenant_id), TierName(tenant.tier))
-                for tenant_id, tenant in message.tenants.items()
-            }
+            {TenantId(tenant_id): _tenant(tenant_id, t) for tenant_id, t in message.tenants.items()}
         ),
         tenant_by_key_digest=MappingProxyType(
             {
@@ -221,6 +228,19 @@ def _build(message: Any, digest: str) -> Policy:
             {path: ModelName(name) for name, m in message.models.items() for path in m.paths}
         ),
         priority_rules=tuple(_priority_rule(rule) for rule in message.priority_rules),
+        budgets=build_budgets(message),
+        jobs=build_jobs(message),
+        store=build_store(message),
+        assumed_max_tokens=message.limits.assumed_max_tokens or DEFAULT_ASSUMED_MAX_TOKENS,
+    )
+
+
+def _tenant(tenant_id: str, tenant: Any) -> TenantSpec:
+    return TenantSpec(
+        TenantId(tenant_id),
+        TierName(tenant.tier),
+        team=tenant.team or None,
+        rate_limit=build_rate_limit(tenant),
     )
 
 
@@ -286,17 +306,24 @@ def _model(name: str, model: Any) -> ModelSpec:
             queue_max=(spec.queue_max or 1000) if spec.queue else None,
             json=spec.json.encode("utf-8") if spec.json else None,
         )
-    return ModelSpec(ModelName(name), cache, degraded, tuple(model.paths))
+    return ModelSpec(ModelName(name), cache, degraded, tuple(model.paths), build_cost_cache(model))
 
 
 def _tier(name: str, tier: Any) -> TierSpec:
     routes = {
         ModelName(model): RouteSpec(
-            (ClusterName(route.cluster), *(ClusterName(c) for c in route.fallback))
+            (ClusterName(route.cluster), *(ClusterName(c) for c in route.fallback)),
+            route.non_critical,
         )
         for model, route in tier.routes.items()
     }
-    return TierSpec(TierName(name), MappingProxyType(routes), tier.pool or None, tier.priority)
+    return TierSpec(
+        TierName(name),
+        MappingProxyType(routes),
+        tier.pool or None,
+        tier.priority,
+        build_rate_limit(tier),
+    )
 
 
 def _pool(name: str, pool: Any) -> PoolConfig:

@@ -28,6 +28,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sidecar.telemetry.accounting_metrics import AccountingMetrics
 from sidecar.telemetry.record import ERROR_OUTCOMES, OUTCOMES, UNKNOWN, RequestRecord
 
 _LOGGER = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ ERROR_CODES: Final = frozenset(
         "model_unavailable",
         "queue_full",
         "unknown_endpoint",
+        "budget_exceeded",
+        "rate_limit_exceeded",
+        "invalid_job_id",
         # sidecar/extproc
         "sidecar_misconfigured",
         "sidecar_internal_error",
@@ -97,11 +101,18 @@ class Metrics:
         known_models: Iterable[str],
         known_clusters: Iterable[str],
         known_tiers: Iterable[str],
+        *,
+        known_tenants: Iterable[str] = (),
+        known_teams: Iterable[str] = (),
+        known_budgets: Iterable[str] = (),
     ) -> None:
         self._models = frozenset(known_models)
         self._clusters = frozenset(known_clusters)
         self._tiers = frozenset(known_tiers)
         self.registry = CollectorRegistry()
+        self.accounting = AccountingMetrics(
+            self.registry, self._models, known_tenants, known_teams, known_budgets
+        )
         self._live = _LiveStateCollector()
         self._define_request_metrics()
         self._transitions = self._counter(
@@ -177,6 +188,7 @@ class Metrics:
         _observe(self._duration, (model, cluster, tier), record.duration_s)
         _observe(self._ttft, (model, cluster), record.time_to_first_byte_s)
         self._count_usage(record, model, cluster, tier)
+        self.accounting.observe(record)
         kind = error_kind(record)
         if kind is not None:
             self._errors.labels(model, cluster, kind).inc()

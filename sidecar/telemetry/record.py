@@ -16,6 +16,7 @@ OUTCOMES = (
     "rejected",
     "shed",
     "cache",
+    "cost_cache",
     "degraded",
     "queued",
     "error",
@@ -46,6 +47,7 @@ class RequestRecord:
     provider_name: str = UNKNOWN
     tenant: str | None = None
     tier: str | None = None
+    team: str | None = None
     model: str | None = None
     """The virtual model asked for, only when the policy defines it."""
     cluster: str | None = None
@@ -69,6 +71,12 @@ class RequestRecord:
     input_tokens: int | None = None
     output_tokens: int | None = None
     cost_usd: float | None = None
+    cost_cache: str | None = None
+    """``hit`` or ``miss`` when the cost cache was asked; None when it was not."""
+    saved_usd: float | None = None
+    """What a cost cache hit saved: the cost of the answer when a model wrote it."""
+    budget_events: list[tuple[str, str]] = field(default_factory=list)
+    """(budget, event) pairs: soft_limit, exhausted, downgraded."""
     events: list[RecordEvent] = field(default_factory=list)
 
     def event(self, name: str, at_s: float, **attributes: Any) -> None:
