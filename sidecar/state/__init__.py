@@ -3,9 +3,12 @@
 :class:`CounterStore` is the interface (:mod:`sidecar.state.store` explains its
 semantics); :class:`MemoryStore` keeps state in this process, :class:`RedisStore` shares
 it between replicas. Any call may raise :class:`StoreUnavailable`, and nothing else, when
-the backing service is out.
+the backing service is out. :class:`GuardedStore` wraps a shared store with a circuit
+breaker and a local fallback, so its calls never raise it (:mod:`sidecar.state.guarded`
+says how far budgets can overshoot meanwhile).
 """
 
+from sidecar.state.guarded import GuardedSnapshot, GuardedStore
 from sidecar.state.memory import MemoryStore
 from sidecar.state.redis import RedisStore
 from sidecar.state.store import (
@@ -19,6 +22,8 @@ from sidecar.state.store import (
 
 __all__ = [
     "CounterStore",
+    "GuardedSnapshot",
+    "GuardedStore",
     "KeyKindError",
     "MemoryStore",
     "RateDecision",

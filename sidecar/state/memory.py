@@ -146,6 +146,20 @@ class MemoryStore:
     async def close(self) -> None:
         """Nothing to release: the counters live as long as the object."""
 
+    def take_used(self, key: str) -> float:
+        """Zero a counter's used amount and return what it was (0 if the key is absent).
+
+        Its live reservations stay, and so do its settled ids, so settling one of them
+        again still changes nothing. For moving usage elsewhere: the guarded store pushes
+        what it counted locally to the shared store this way.
+        """
+        check_key(key)
+        counter = self._counter(key, self._clock())
+        if counter is None:
+            return 0.0
+        used, counter.used = counter.used, 0.0
+        return used
+
     def _live(self, key: str, now: float) -> _Counter | _Rate | None:
         entry = self._entries.get(key)
         if entry is not None and entry.expires_at <= now:

@@ -1,9 +1,10 @@
 """Fixtures for the store contract: each test runs on every store, the same way.
 
-:func:`harness` yields a :class:`Harness` for the in-memory store (time on a fake clock)
-or for the Redis store (a real ``redis-server``, time waited out for real). Tests make
-stores through it and let time pass through it, so one test body states the contract
-for both.
+:func:`harness` yields a :class:`Harness` for the in-memory store (time on a fake clock),
+for the Redis store (a real ``redis-server``, time waited out for real), or for the
+guarded store over a healthy Redis (which must behave exactly like the Redis store).
+Tests make stores through it and let time pass through it, so one test body states the
+contract for all of them.
 """
 
 import asyncio
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from sidecar.core.clock import FakeClock
-from sidecar.state import CounterStore, MemoryStore, RedisStore
+from sidecar.state import CounterStore, GuardedStore, MemoryStore, RedisStore
 from tests.fakes.redis_server import RedisServer, RedisServerMissing
 
 TIMEOUT_S = 0.5
@@ -82,6 +83,16 @@ class RedisHarness(Harness):
         )
 
 
+class GuardedHarness(RedisHarness):
+    """Guarded stores over Redis stores, each with a local memory store of its own."""
+
+    kind = "guarded"
+
+    def _make(self, namespace: str, reservation_ttl_s: float) -> CounterStore:
+        shared = super()._make(namespace, reservation_ttl_s)
+        return GuardedStore(shared, MemoryStore(reservation_ttl_s=reservation_ttl_s))
+
+
 def started_server() -> RedisServer:
     """A running ``redis-server``, or a test failure that says how to install it."""
     server = RedisServer()
@@ -115,12 +126,14 @@ def own_redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "guarded"])
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     made: Harness
     if request.param == "memory":
         made = MemoryHarness()
-    else:
+    elif request.param == "redis":
         made = RedisHarness(request.getfixturevalue("redis_server"))
+    else:
+        made = GuardedHarness(request.getfixturevalue("redis_server"))
     yield made
     await made.aclose()

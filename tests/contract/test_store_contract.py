@@ -1,4 +1,4 @@
-"""The counter-store contract, held by the in-memory store and the Redis store alike.
+"""The counter-store contract, held by the in-memory, Redis and guarded stores alike.
 
 Every test taking ``harness`` runs once per store. The outage tests at the end concern
 Redis only: the memory store has nothing to lose.
