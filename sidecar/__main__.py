@@ -26,6 +26,7 @@ from sidecar.core.identity import key_digest
 from sidecar.core.router import ActivePolicy
 from sidecar.domain.ids import ModelName
 from sidecar.domain.secret import Secret
+from sidecar.engine.accounting import Accounting
 from sidecar.engine.runtime import RoutingRuntime
 from sidecar.extproc.grpc_server import GrpcServer
 from sidecar.extproc.server import ExternalProcessorService, StreamRegistry
@@ -34,6 +35,13 @@ from sidecar.policy.envoy_chains import ChainOptions, render_aggregates
 from sidecar.policy.envoy_check import check_envoy_config
 from sidecar.policy.loader import load_policy, resolve_credentials
 from sidecar.policy.problems import PolicyError
+from sidecar.state.factory import (
+    StoreConfigError,
+    build_store,
+    keep_reconciling,
+    redis_url_of,
+)
+from sidecar.state.guarded import GuardedStore
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.sinks import Telemetry
 from sidecar.telemetry.tracing import Tracing
@@ -223,6 +231,11 @@ def _serve_command(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     active = ActivePolicy(policy, credentials)
     try:
+        redis_url_of(policy.store, os.environ)
+    except StoreConfigError as error:
+        print(f"{options.policy_path}: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
         asyncio.run(_serve(options, active))
     except (OSError, RuntimeError) as error:
         log.error("cannot start: %s", error)
@@ -234,7 +247,8 @@ def _serve_command(args: argparse.Namespace) -> int:
 async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
     streams = StreamRegistry()
     attempts = StreamRegistry()
-    runtime = RoutingRuntime(active, MonotonicClock())
+    store = build_store(active.policy.store, os.environ)
+    runtime = RoutingRuntime(active, MonotonicClock(), Accounting(store))
     telemetry = _telemetry(options, active, runtime, streams)
     service = ExternalProcessorService(lambda: runtime, streams, attempts, telemetry)
     grpc_server = GrpcServer(service, options.listen, active.policy.max_body_bytes)
@@ -266,9 +280,17 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
         ]
 
     admin_app = build_admin_app(
-        state_view, lambda: serving, drain, _admin_token(), telemetry.metrics
+        state_view,
+        lambda: serving,
+        drain,
+        _admin_token(),
+        telemetry.metrics,
+        lambda: runtime.accounting.view(active.policy),
     )
     admin_runner = await _start_admin(options.admin, admin_app)
+    reconciler = asyncio.create_task(
+        keep_reconciling(store, active.policy.store.retry_shared_after_s)
+    )
     await grpc_server.start()
     serving = True
     log.info(
@@ -279,6 +301,9 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
     serving = False
     log.info("stopping", extra={"grace_s": options.grace_s, "open_streams": streams.active})
     await grpc_server.stop(options.grace_s)
+    await runtime.accounting.drain(options.grace_s)
+    reconciler.cancel()
+    await store.close()
     if admin_runner is not None:
         await admin_runner.cleanup()
     await asyncio.to_thread(telemetry.tracing.shutdown)
@@ -293,7 +318,18 @@ def _telemetry(
     """Tracing from the standard OTEL_* environment, metrics for /metrics, decision logs."""
     policy = active.policy
     tracing = Tracing.from_environment(os.environ, __version__)
-    metrics = Metrics(policy.models, policy.clusters, policy.tiers)
+    metrics = Metrics(
+        policy.models,
+        policy.clusters,
+        policy.tiers,
+        known_tenants=policy.tenants,
+        known_teams={t.team for t in policy.tenants.values() if t.team is not None},
+        known_budgets=[budget.name for budget in policy.budgets],
+    )
+    store = runtime.accounting.store
+    if isinstance(store, GuardedStore):
+        guarded = store
+        metrics.accounting.set_store_stats(lambda: dict(guarded.snapshot()))
     metrics.set_live_state(lambda: runtime.fleet.snapshot(runtime.clock.now()))
     metrics.set_tracing_stats(tracing.stats)
     metrics.set_stream_count(lambda: streams.active)

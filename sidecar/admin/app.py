@@ -1,15 +1,15 @@
 """The admin HTTP application (aiohttp), bound to localhost by default.
 
 Read-only: ``/healthz`` answers while the process runs; ``/readyz`` only while the
-gRPC server accepts streams; ``/state`` shows the active policy and live state;
-``/metrics`` is the Prometheus exposition.
+gRPC server accepts streams; ``/state`` shows the active policy and live state,
+budgets and spend included; ``/metrics`` is the Prometheus exposition.
 Mutating: ``POST /queues/{model}/drain`` hands parked requests to an operator. Every
 mutating call needs ``Authorization: Bearer <token>`` with the token the sidecar was
 started with; without a configured token, mutating calls are refused.
 """
 
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -19,11 +19,13 @@ from sidecar.domain.secret import Secret
 StateView = Callable[[], Mapping[str, Any]]
 ReadinessCheck = Callable[[], bool]
 QueueDrain = Callable[[str, int], list[dict[str, Any]] | None]
+AccountingView = Callable[[], Awaitable[Mapping[str, Any]]]
 
 _STATE_VIEW = web.AppKey[StateView]("state_view")
 _IS_READY = web.AppKey[ReadinessCheck]("is_ready")
 _DRAIN = web.AppKey[QueueDrain]("drain")
 _TOKEN = web.AppKey[Secret | None]("token")
+_ACCOUNTING = web.AppKey[AccountingView | None]("accounting")
 _MAX_DRAIN = 1000
 
 
@@ -42,9 +44,15 @@ def build_admin_app(
     drain: QueueDrain,
     token: Secret | None,
     metrics: MetricsSource | None = None,
+    accounting_view: AccountingView | None = None,
 ) -> web.Application:
-    """The admin application, reading live state through ``state_view``."""
+    """The admin application, reading live state through ``state_view``.
+
+    ``accounting_view`` adds budgets and spend to ``/state`` (read from the counter
+    store, which may be shared, hence awaited).
+    """
     app = web.Application()
+    app[_ACCOUNTING] = accounting_view
     app[_METRICS] = metrics
     app[_STATE_VIEW] = state_view
     app[_IS_READY] = is_ready
@@ -79,7 +87,11 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _state(request: web.Request) -> web.Response:
-    return web.json_response(dict(request.app[_STATE_VIEW]()))
+    state = dict(request.app[_STATE_VIEW]())
+    accounting = request.app[_ACCOUNTING]
+    if accounting is not None:
+        state["accounting"] = dict(await accounting())
+    return web.json_response(state)
 
 
 async def _drain_queue(request: web.Request) -> web.Response:

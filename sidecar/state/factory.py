@@ -1,0 +1,58 @@
+"""The counter store a policy asks for: this process's memory, or a guarded shared Redis."""
+
+import asyncio
+from collections.abc import Mapping
+
+from sidecar.domain.accounting import StoreSpec
+from sidecar.state.guarded import GuardedStore
+from sidecar.state.memory import MemoryStore
+from sidecar.state.redis import RedisStore
+from sidecar.state.store import CounterStore
+
+
+class StoreConfigError(ValueError):
+    """The policy names a Redis URL variable that the environment does not set."""
+
+
+def redis_url_of(spec: StoreSpec, environ: Mapping[str, str]) -> str | None:
+    """The Redis URL the policy gives, directly or through an environment variable."""
+    if spec.redis_url is not None:
+        return spec.redis_url
+    if spec.redis_url_env is None:
+        return None
+    url = environ.get(spec.redis_url_env, "")
+    if not url:
+        raise StoreConfigError(
+            f"state.redis_url_env names {spec.redis_url_env}, which is not set or empty"
+        )
+    return url
+
+
+def build_store(spec: StoreSpec, environ: Mapping[str, str]) -> CounterStore:
+    """A :class:`MemoryStore`, or Redis guarded by a breaker with a local fallback."""
+    if not spec.shared:
+        return MemoryStore()
+    url = redis_url_of(spec, environ)
+    assert url is not None  # the policy compiler requires one for a shared store
+    shared = RedisStore(url, spec.namespace, spec.timeout_s)
+    return GuardedStore(
+        shared,
+        MemoryStore(),
+        fail_max=spec.failures_to_local,
+        reset_timeout_s=spec.retry_shared_after_s,
+    )
+
+
+async def keep_reconciling(store: CounterStore, every_s: float) -> None:
+    """Share what a guarded store counted locally, every ``every_s``, even with no traffic.
+
+    A guarded store reconciles after any shared call that succeeds; with no request
+    coming, nothing would call. Runs until cancelled; a no-op for other stores.
+    """
+    if not isinstance(store, GuardedStore):
+        return
+    while True:
+        await asyncio.sleep(every_s)
+        snapshot = store.snapshot()
+        if snapshot["pending_settles"] or snapshot["pending_keys"]:
+            await store.reconcile()
