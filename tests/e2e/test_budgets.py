@@ -121,7 +121,8 @@ async def test_replicas_sharing_redis_stop_at_one_budget(
         assert BUDGET_TOKENS - 200 <= used <= BUDGET_TOKENS
         error = refusals[0]["error"]
         assert error["code"] == "budget_exceeded"
-        assert "'paid-daily'" in error["message"] and "tenant 'demo-paid'" in error["message"]
+        assert "'paid-daily'" in error["message"]
+        assert "tenant 'demo-paid'" in error["message"]
         assert "resets at" in error["message"]
     store = RedisStore(redis_server.url, "ai-sidecar")
     try:

@@ -26,7 +26,8 @@ async def test_a_deterministic_request_is_answered_once_by_a_model_then_from_the
     assert len(await fresh.recorded("openai-premium")) == 1
     # Per tenant: another tenant of the same tier asks the model itself.
     other = await fresh.chat(None, headers={"authorization": "Bearer sk-demo-enterprise"}, **prompt)
-    assert other.status == 200 and "x-ai-sidecar-cache" not in other.headers
+    assert other.status == 200
+    assert "x-ai-sidecar-cache" not in other.headers
 
     async def counted() -> bool:
         cache = (await fresh.sidecar_state())["cost_caches"]["chat"]
@@ -44,9 +45,11 @@ async def test_sampled_and_streamed_requests_are_never_served_from_the_cache(
 ) -> None:
     for _ in range(2):
         sampled = await fresh.chat("sk-demo-paid", temperature=0.7)
-        assert sampled.status == 200 and "x-ai-sidecar-cache" not in sampled.headers
+        assert sampled.status == 200
+        assert "x-ai-sidecar-cache" not in sampled.headers
         streamed = await fresh.chat("sk-demo-paid", temperature=0, stream=True)
-        assert streamed.status == 200 and "x-ai-sidecar-cache" not in streamed.headers
+        assert streamed.status == 200
+        assert "x-ai-sidecar-cache" not in streamed.headers
         await streamed.read()
     assert len(await fresh.recorded("openai-premium")) == 4
 
@@ -73,7 +76,8 @@ async def test_spend_shows_per_tenant_team_and_job_budget(fresh: Harness) -> Non
     await wait_until(settled)
     accounting = (await fresh.sidecar_state())["accounting"]
     team = accounting["spend_since_start"]["teams"]["payments"]
-    assert team["tokens"] == usage["total_tokens"] and team["usd"] > 0
+    assert team["tokens"] == usage["total_tokens"]
+    assert team["usd"] > 0
     async with fresh.http.get(f"{SIDECAR_ADMIN_URL}/metrics") as metrics_response:
         metrics = await metrics_response.text()
     assert 'ai_sidecar_tenant_spend_usd_total{team="payments",tenant="demo-paid"}' in metrics

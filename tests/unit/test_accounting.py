@@ -17,29 +17,36 @@ from sidecar.state.store import StoreUnavailable
 
 NOON = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
 
-POLICY = """
+KEY_A, KEY_B = "a" * 64, "b" * 64
+POLICY = f"""
 version: 1
 identity:
-  api_key: {header: authorization}
+  api_key: {{header: authorization}}
 clusters:
-  big: {provider: openai, model: big, price: {input_per_million_usd: 10, output_per_million_usd: 30}}
-  small: {provider: openai, model: small, price: {input_per_million_usd: 1, output_per_million_usd: 2}}
+  big:
+    provider: openai
+    model: big
+    price: {{input_per_million_usd: 10, output_per_million_usd: 30}}
+  small:
+    provider: openai
+    model: small
+    price: {{input_per_million_usd: 1, output_per_million_usd: 2}}
 models:
-  chat: {}
+  chat: {{}}
 tiers:
   paid:
     routes:
-      chat: {cluster: big, fallback: [small]}
-    rate_limit: {requests_per_minute: 3, tokens_per_minute: 1000}
+      chat: {{cluster: big, fallback: [small]}}
+    rate_limit: {{requests_per_minute: 3, tokens_per_minute: 1000}}
 tenants:
-  acme: {tier: paid, team: data, api_keys: ["sha256:%s"]}
-  zeta: {tier: paid, team: data, api_keys: ["sha256:%s"]}
-jobs: {header: x-job-id, non_critical: true}
+  acme: {{tier: paid, team: data, api_keys: ["sha256:{KEY_A}"]}}
+  zeta: {{tier: paid, team: data, api_keys: ["sha256:{KEY_B}"]}}
+jobs: {{header: x-job-id, non_critical: true}}
 budgets:
-  daily-tokens: {per: tenant, window: day, tokens: 1000, soft_limit_percent: 50}
-  team-spend: {per: team, window: month, spend_usd: 1.0, when_exhausted: downgrade}
-  nightly: {per: job, window: day, tokens: 300}
-""" % ("a" * 64, "b" * 64)
+  daily-tokens: {{per: tenant, window: day, tokens: 1000, soft_limit_percent: 50}}
+  team-spend: {{per: team, window: month, spend_usd: 1.0, when_exhausted: downgrade}}
+  nightly: {{per: job, window: day, tokens: 300}}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +119,10 @@ async def test_a_budget_refuses_with_its_name_the_amount_and_the_reset(policy: P
     assert second.refusal.status == 429
     assert second.refusal.code == "budget_exceeded"
     message = second.refusal.message
-    assert "'daily-tokens'" in message and "tenant 'acme'" in message
-    assert "900 of 1000 tokens" in message and "2026-11-23T00:00:00Z" in message
+    assert "'daily-tokens'" in message
+    assert "tenant 'acme'" in message
+    assert "900 of 1000 tokens" in message
+    assert "2026-11-23T00:00:00Z" in message
     assert second.refusal.retry_after_s == 12 * 3600
     assert second.holds == ()
 
@@ -189,7 +198,8 @@ async def test_a_spent_downgrade_budget_moves_requests_on_and_still_counts_them(
 
 async def test_job_budgets_count_each_job_of_each_tenant_alone(policy: Policy) -> None:
     books = accounting()
-    assert (await books.admit(policy, tenant(policy), "n1", Estimate(300, 0), False)).refusal is None
+    first = await books.admit(policy, tenant(policy), "n1", Estimate(300, 0), False)
+    assert first.refusal is None
     refused = await books.admit(policy, tenant(policy), "n1", Estimate(1, 0), False)
     assert refused.refusal is not None
     assert "job 'n1' of tenant 'acme'" in refused.refusal.message
@@ -233,7 +243,8 @@ class DownStore(MemoryStore):
 async def test_a_store_outage_lets_requests_through(policy: Policy) -> None:
     books = accounting(DownStore())
     admission = await books.admit(policy, tenant(policy), None, TOKENS_400, False)
-    assert admission.refusal is None and admission.holds == ()
+    assert admission.refusal is None
+    assert admission.holds == ()
     assert await books.check_rate(policy, tenant(policy), 10) is None
 
 
@@ -258,9 +269,11 @@ async def test_tokens_per_minute_count_the_estimate(policy: Policy) -> None:
     books = accounting()
     assert await books.check_rate(policy, tenant(policy), 900) is None
     refused = await books.check_rate(policy, tenant(policy), 200)
-    assert refused is not None and "1000 tokens per minute" in refused.message
+    assert refused is not None
+    assert "1000 tokens per minute" in refused.message
     too_big = await books.check_rate(policy, tenant(policy, "zeta"), 5000)
-    assert too_big is not None and "lower max_tokens" in too_big.message
+    assert too_big is not None
+    assert "lower max_tokens" in too_big.message
     assert too_big.retry_after_s is None
 
 
