@@ -3,10 +3,14 @@
 Envoy opens one gRPC stream per HTTP request and sends a message per phase; the
 processor answers each:
 
-- request headers: identify the tenant, check what needs no body;
-- request body: take a slot in the tier's pool (waiting or shed), route through the
-  chain (skipping clusters whose breaker is open or that are full), or fall down the
-  ladder (cached answer, degraded answer, queue) when no cluster can take it;
+- request headers: identify the tenant (and the batch job it names), check what needs
+  no body;
+- request body: answer from the cost cache when the answer is fixed, count the request
+  on its rate limits and budgets (:mod:`sidecar.extproc.cost_control`), take a slot in
+  the tier's pool (waiting or shed), route through the chain (skipping clusters whose
+  breaker is open or that are full, and the primary when a budget downgrades the
+  request), or fall down the ladder (cached answer, degraded answer, queue) when no
+  cluster can take it;
 - response headers: feed the chosen cluster's breaker, say which rung answered, and
   ask for the body (streamed, or buffered only to translate a whole answer);
 - response body: read the token usage (and the cost), keep the answer for the answer
@@ -17,22 +21,21 @@ to the aggregate cluster of that chain suffix and Envoy fails over inside the re
 (see :mod:`sidecar.extproc.upstream`): then each attempt feeds its own cluster's
 breaker, and the response headers name the cluster that answered.
 
-The processor holds the request's slot and breaker permit; :meth:`close` gives both
-back and hands the request's record to telemetry, and the stream loop calls it however
+The processor holds the request's slot, breaker permit and budget reservations;
+:meth:`close` gives them back (settling the budgets with the usage the answer
+reported) and hands the request's record to telemetry, and the stream loop calls it however
 the stream ends.
 """
 
 import json
 import logging
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.core.answer_cache import CachedAnswer, cache_key, exact_key
+from sidecar.core.answer_cache import CachedAnswer, cache_key
 from sidecar.core.breaker import CallResult, Permit
-from sidecar.core.budgets import estimate
 from sidecar.core.bulkhead import Slot
 from sidecar.core.chains import envoy_target
 from sidecar.core.classify import RoutedPath, classify_path
@@ -48,21 +51,19 @@ from sidecar.domain.outcome import (
     Rejection,
     body_too_large,
     degraded_queue_full,
-    invalid_job_id,
     malformed_body,
     method_not_allowed,
     no_cluster_available,
     shed,
     unknown_endpoint,
 )
-from sidecar.domain.policy import ClusterSpec, Policy, RouteSpec, TenantSpec
-from sidecar.engine.accounting import NOTHING_HELD, Admission, Spent
+from sidecar.domain.policy import ClusterSpec, TenantSpec
 from sidecar.engine.runtime import RoutingRuntime, Shed
 from sidecar.extproc import codec
 from sidecar.extproc.answer_watch import AnswerWatch
+from sidecar.extproc.cost_control import CostControl, job_of
 from sidecar.extproc.notes import RequestNotes
 from sidecar.providers.body import RequestBody, parse_body_for, rewrite_model, wants_stream
-from sidecar.providers.request_facts import answer_is_fixed, max_output_tokens
 from sidecar.providers.response_rewrite import plan_rewrite
 from sidecar.providers.synthetic import answer_text, can_synthesize, synthesize
 from sidecar.providers.translate import needs_translation
@@ -88,11 +89,8 @@ class _Request:
     sent_at: float = 0.0
     answer_key: str | None = None
     watch: AnswerWatch | None = None
-    job: str | None = None
-    admission: Admission = NOTHING_HELD
-    downgrade_reason: str | None = None
+    cost: CostControl | None = None
     upstream_status: int | None = None
-    cost_key: str | None = None
 
     @property
     def endpoint(self) -> Endpoint:
@@ -148,23 +146,13 @@ class StreamProcessor:
                 call, request.failover_call = request.failover_call, None
                 self._notes.transitions(tuple(self._runtime.failover_transitions(call)))
                 self._runtime.close_failover(call)
-            self._settle_usage(request)
+            if request.cost is not None:
+                watch = request.watch
+                request.cost.settle(watch.usage if watch else None, request.upstream_status)
         finally:
             if request.slot is not None:
                 slot, request.slot = request.slot, None
                 self._runtime.release_slot(slot)
-
-    def _settle_usage(self, request: _Request) -> None:
-        """Settle the request's budget reservations and add its usage to the spend totals."""
-        usage = request.watch.usage if request.watch is not None else None
-        tokens = usage.input_tokens + usage.output_tokens if usage is not None else None
-        status = request.upstream_status
-        spent = Spent(tokens, self._notes.cost_usd(), status is not None and status < 400)
-        accounting = self._runtime.accounting
-        accounting.settle(request.admission, spent)
-        request.admission = NOTHING_HELD
-        if status is not None:
-            accounting.record_spend(request.tenant, tokens, spent.usd)
 
     # -- request headers -------------------------------------------------------------
 
@@ -191,10 +179,11 @@ class StreamProcessor:
         tenant = identify(presented, policy)
         if isinstance(tenant, Rejection):
             return self._reject(tenant, endpoint)
-        job = _job_of(head.headers, policy.jobs.header if policy.jobs is not None else None)
-        if job is _INVALID_JOB:
-            return self._reject(invalid_job_id(policy.jobs.header), endpoint)  # type: ignore[union-attr]
-        self._request = _Request(tenant, routed, head.headers, job=job)
+        job = job_of(head.headers, policy.jobs)
+        if isinstance(job, Rejection):
+            return self._reject(job, endpoint)
+        cost = CostControl(self._runtime, self._notes, tenant, job)
+        self._request = _Request(tenant, routed, head.headers, cost=cost)
         self._notes.tenant(tenant)
         return codec.continue_request_headers()
 
@@ -224,78 +213,25 @@ class StreamProcessor:
             return self._reject(body, request.endpoint)
         request.body = body
         self._notes.body(body.model, wants_stream(body, request.endpoint))
-        cached = self._cost_cache_answer(request, body)
+        cost = request.cost
+        assert cost is not None
+        cached = cost.cached_answer(request.endpoint, body)
         if cached is not None:
-            return cached
-        refused = await self._count_against_limits(request, body, len(http_body.body))
+            hit = ((codec.COST_CACHE_HEADER, "hit"),)
+            return self._answer(200, cached.raw, "application/json", "cost_cache", hit)
+        refused = await cost.admit(request.endpoint, body, len(http_body.body))
         if refused is None:
             refused = await self._take_slot(request)
         if refused is not None:
             return self._reject(refused, request.endpoint)
         outcome = self._runtime.decide(
-            RouteRequest(request.tenant, request.endpoint, body.model, request.downgrade_reason)
+            RouteRequest(request.tenant, request.endpoint, body.model, cost.downgrade_reason)
         )
         if isinstance(outcome, Rejection):
             return self._reject(outcome, request.endpoint)
         if isinstance(outcome, Unavailable):
             return self._descend_ladder(request, body, outcome)
         return self._send_upstream(request, body, outcome)
-
-    # -- the cost cache, rate limits and budgets -----------------------------------------
-
-    def _cost_cache_answer(self, request: _Request, body: RequestBody) -> Any | None:
-        """A cached answer to a request whose answer is fixed, else None (keyed for later)."""
-        policy = self._runtime.active.policy
-        model = _model(body)
-        spec = policy.models[model].cost_cache if model in policy.models else None
-        if spec is None or _route_of(policy, request, body) is None:
-            return None
-        if not answer_is_fixed(request.endpoint, body, spec.deterministic_chat):
-            return None
-        cache = self._runtime.cost_cache_for(model)
-        if cache is None:
-            return None
-        tenant = request.tenant
-        scope = f"tier:{tenant.tier}" if spec.shared else f"tenant:{tenant.tenant_id}"
-        key = exact_key(scope, model, body.document)
-        hit = cache.get(key, self._runtime.clock.now())
-        self._notes.cost_cache(hit)
-        if hit is None:
-            request.cost_key = key
-            return None
-        hit_header = ((codec.COST_CACHE_HEADER, "hit"),)
-        return self._answer(200, hit.raw, "application/json", "cost_cache", hit_header)
-
-    async def _count_against_limits(
-        self, request: _Request, body: RequestBody, body_bytes: int
-    ) -> Rejection | None:
-        """Count the request on its tenant's rate limits and budgets; a refusal, or None."""
-        policy = self._runtime.active.policy
-        if not policy.budgets and policy.rate_limit_of(request.tenant) is None:
-            return None
-        route = _route_of(policy, request, body)
-        chain = [policy.clusters[name] for name in route.chain] if route is not None else []
-        output = max_output_tokens(request.endpoint, body, policy.assumed_max_tokens)
-        cost = estimate(body_bytes, output, chain)
-        accounting = self._runtime.accounting
-        limited = await accounting.check_rate(policy, request.tenant, cost.tokens)
-        if limited is not None:
-            return limited
-        jobs_non_critical = policy.jobs is not None and policy.jobs.non_critical
-        non_critical = (route is not None and route.non_critical) or (
-            request.job is not None and jobs_non_critical
-        )
-        admission = await accounting.admit(policy, request.tenant, request.job, cost, non_critical)
-        request.admission = admission
-        self._notes.budget_events(admission.events)
-        if admission.refusal is not None:
-            return admission.refusal
-        if admission.downgrade_reason is None:
-            return None
-        if route is not None and len(route.chain) > 1:
-            request.downgrade_reason = admission.downgrade_reason
-            return None
-        return admission.no_cheaper_refusal
 
     async def _take_slot(self, request: _Request) -> Rejection | None:
         policy = self._runtime.active.policy
@@ -515,7 +451,8 @@ class StreamProcessor:
         streaming = wants_stream(request.body, request.endpoint)
         if status != 200 or streaming:
             request.answer_key = None
-            request.cost_key = None
+            if request.cost is not None:
+                request.cost.forget_answer()
         rewrite = plan_rewrite(
             request.endpoint, served.provider, status, streaming, served.upstream_model
         )
@@ -542,7 +479,8 @@ class StreamProcessor:
             self._notes.usage(watch)
             if watch.whole_body is not None:
                 self._keep_answer(request, watch.whole_body)
-                self._keep_for_cost_cache(request, watch.whole_body)
+                if request.cost is not None and request.body is not None:
+                    request.cost.keep_answer(request.body.model, watch.whole_body)
             metadata = self._notes.log_fields()
         if replacement is None:
             return codec.observed_response_chunk(metadata)
@@ -568,14 +506,6 @@ class StreamProcessor:
         model = document.get("model") if isinstance(document.get("model"), str) else ""
         cache.put(key, CachedAnswer(text, model or "", self._runtime.clock.now()))
 
-    def _keep_for_cost_cache(self, request: _Request, body: bytes) -> None:
-        key, request.cost_key = request.cost_key, None
-        cache = self._runtime.cost_cache_for(_model(request.body)) if request.body else None
-        if key is None or cache is None:
-            return
-        now = self._runtime.clock.now()
-        cache.put(key, CachedAnswer("", "", now, raw=body, cost_usd=self._notes.cost_usd()))
-
     def _unanswered(self, request: _Request, permit: Permit) -> CallResult | None:
         """The breaker outcome of a call that ended before its response headers."""
         elapsed = self._runtime.clock.now() - request.sent_at
@@ -600,26 +530,6 @@ def _serving_rung(decision: Decision | None, hop: str | None) -> str:
 
 def _model(body: RequestBody) -> ModelName:
     return ModelName(body.model)
-
-
-def _route_of(policy: Policy, request: _Request, body: RequestBody) -> RouteSpec | None:
-    """The tenant's route for the model asked for (None: routing will refuse it)."""
-    tier = policy.tiers.get(request.tenant.tier)
-    return tier.routes.get(_model(body)) if tier is not None else None
-
-
-_INVALID_JOB = "\x00invalid"
-_JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-
-
-def _job_of(headers: Mapping[str, str], header: str | None) -> str | None:
-    """The job id the request names, None if none, or ``_INVALID_JOB``."""
-    if header is None:
-        return None
-    value = headers.get(header)
-    if value is None:
-        return None
-    return value if _JOB_ID.fullmatch(value) else _INVALID_JOB
 
 
 def _misconfigured_body_mode() -> Rejection:

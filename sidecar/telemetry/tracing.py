@@ -643,6 +643,7 @@ def span_attributes(record: RequestRecord) -> dict[str, AttributeValue]:
     attributes: dict[str, AttributeValue | None] = {
         "ai_sidecar.tenant": record.tenant,
         "ai_sidecar.tier": record.tier,
+        "ai_sidecar.team": record.team,
         "ai_sidecar.virtual_model": record.model,
         "ai_sidecar.cluster": record.cluster,
         "ai_sidecar.decision_reason": record.reason,
@@ -657,6 +658,8 @@ def span_attributes(record: RequestRecord) -> dict[str, AttributeValue]:
         "ai_sidecar.outcome": record.outcome,
         "ai_sidecar.error_code": record.error_code,
         "ai_sidecar.cost_usd": record.cost_usd,
+        "ai_sidecar.cost_cache": record.cost_cache,
+        "ai_sidecar.saved_usd": record.saved_usd,
         "ai_sidecar.stream": record.stream,
         "url.path": _path_only(record.path),
         "http.response.status_code": record.status,
