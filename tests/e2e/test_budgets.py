@@ -36,8 +36,8 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-def write_policy(directory: Path, budget_tokens: int, state: dict[str, Any]) -> Path:
-    """The demo policy with a daily token budget on demo-paid and the given store."""
+def write_policy(directory: Path, budget_tokens: int, state: dict[str, Any], **budget: Any) -> Path:
+    """The demo policy with (only) a daily token budget on demo-paid, and the given store."""
     policy = yaml.safe_load(DEMO_POLICY.read_text())
     policy["budgets"] = {
         "paid-daily": {
@@ -45,6 +45,7 @@ def write_policy(directory: Path, budget_tokens: int, state: dict[str, Any]) -> 
             "tenants": ["demo-paid"],
             "window": "day",
             "tokens": budget_tokens,
+            **budget,
         }
     }
     policy["state"] = state
@@ -68,16 +69,19 @@ def budget_key() -> str:
     return f"budget:paid-daily:tenant:demo-paid:{today}:tokens"
 
 
-async def chat(http: aiohttp.ClientSession, replica: ReplicaStack) -> tuple[int, Any]:
+async def chat(
+    http: aiohttp.ClientSession, replica: ReplicaStack, model: str = "chat", job: str | None = None
+) -> tuple[int, Any]:
     document = {
-        "model": "chat",
+        "model": model,
         "max_tokens": MAX_TOKENS,
         "messages": [{"role": "user", "content": "Say something short"}],
     }
+    headers = {"authorization": "Bearer sk-demo-paid"}
+    if job is not None:
+        headers["x-ai-job-id"] = job
     async with http.post(
-        f"{replica.envoy_url}/v1/chat/completions",
-        json=document,
-        headers={"authorization": "Bearer sk-demo-paid"},
+        f"{replica.envoy_url}/v1/chat/completions", json=document, headers=headers
     ) as response:
         return response.status, await response.json(content_type=None)
 
@@ -189,3 +193,36 @@ async def _store_metrics(http: aiohttp.ClientSession, replica: ReplicaStack) -> 
             name, _, value = line.partition(" ")
             found[name] = float(value)
     return found
+
+
+async def test_past_the_soft_limit_batch_work_moves_first_then_everything_downgrades(
+    start_replicas: ReplicaFactory, tmp_path: Path
+) -> None:
+    policy = write_policy(
+        tmp_path, 600, {"store": "memory"}, soft_limit_percent=40, when_exhausted="downgrade"
+    )
+    (replica,) = start_replicas(1, policy)
+    models: list[tuple[str, str]] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        for _ in range(40):
+            status, batch = await chat(http, replica, job="nightly-1")
+            assert status == 200, batch
+            status, interactive = await chat(http, replica)
+            assert status == 200, interactive
+            models.append((batch["model"], interactive["model"]))
+            if interactive["model"] == "gpt-4o-mini":
+                break
+        # A route with nothing cheaper after its primary is refused once the budget is spent.
+        status, refused = await chat(http, replica, model="premium")
+        async with http.get(f"{replica.sidecar_admin_url}/metrics") as response:
+            metrics = await response.text()
+    # Interactive work stays on the primary (gpt-4o) while batch work already moved to
+    # the cheaper fallback (gpt-4o-mini); once the budget is spent both are downgraded.
+    assert models[0] == ("gpt-4o", "gpt-4o")
+    assert ("gpt-4o-mini", "gpt-4o") in models
+    assert models[-1] == ("gpt-4o-mini", "gpt-4o-mini")
+    assert status == 429
+    assert refused["error"]["code"] == "budget_exceeded"
+    for event in ("soft_limit", "downgraded", "exhausted"):
+        line = f'ai_sidecar_budget_events_total{{budget="paid-daily",event="{event}"}}'
+        assert line in metrics

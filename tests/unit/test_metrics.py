@@ -288,3 +288,42 @@ def test_registries_are_private() -> None:
     first.observe(record(cluster="c", tier="free"))
 
     assert Scrape(second).label_sets("ai_sidecar_requests_total") == []
+
+
+def test_spend_budget_events_and_the_cost_cache_are_counted() -> None:
+    metrics = Metrics(
+        ["chat"],
+        ["openai-cheap"],
+        ["paid"],
+        known_tenants=["acme"],
+        known_teams=["data"],
+        known_budgets=["daily"],
+    )
+    spent = record(tenant="acme", team="data", input_tokens=10, output_tokens=5, cost_usd=0.25)
+    spent.budget_events = [("daily", "soft_limit"), ("daily", "downgraded"), ("gone", "exhausted")]
+    metrics.observe(spent)
+    metrics.observe(
+        record(tenant="intruder", cost_cache="hit", saved_usd=0.5, outcome="cost_cache")
+    )
+    metrics.observe(record(tenant="acme", team="data", cost_cache="miss"))
+    scrape = Scrape(metrics)
+    assert scrape.value("ai_sidecar_tenant_spend_usd_total", tenant="acme", team="data") == 0.25
+    assert scrape.value("ai_sidecar_tenant_tokens_total", tenant="acme", team="data") == 15
+    assert scrape.value("ai_sidecar_budget_events_total", budget="daily", event="soft_limit") == 1
+    assert scrape.value("ai_sidecar_budget_events_total", budget="unknown", event="exhausted") == 1
+    assert scrape.value("ai_sidecar_cost_cache_requests_total", model="chat", result="hit") == 1
+    assert scrape.value("ai_sidecar_cost_cache_requests_total", model="chat", result="miss") == 1
+    assert scrape.value("ai_sidecar_cost_cache_saved_usd_total", model="chat") == 0.5
+    route = {"model": "chat", "cluster": "openai-cheap", "tier": "paid"}
+    assert scrape.value("ai_sidecar_requests_total", **route, outcome="cost_cache") == 1
+
+
+def test_the_store_state_is_read_at_scrape_time(metrics: Metrics) -> None:
+    state = {"breaker": "closed", "local_operations": 0, "pending_settles": 0, "pending_keys": 0}
+    metrics.accounting.set_store_stats(lambda: state)
+    assert Scrape(metrics).value("ai_sidecar_store_shared") == 1
+    state.update(breaker="open", local_operations=7, pending_settles=2, pending_keys=3)
+    scrape = Scrape(metrics)
+    assert scrape.value("ai_sidecar_store_shared") == 0
+    assert scrape.value("ai_sidecar_store_local_operations_total") == 7
+    assert scrape.value("ai_sidecar_store_pending") == 5

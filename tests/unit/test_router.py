@@ -231,3 +231,31 @@ def test_secrets_never_print_themselves() -> None:
     assert "sk-live" not in repr(secret)
     assert "sk-live" not in f"{secret}"
     assert secret.reveal() == "sk-live-123"
+
+
+def test_a_downgrade_passes_over_the_primary_and_says_why(demo_active: ActivePolicy) -> None:
+    paid = demo_active.policy.tenants[TenantId("demo-paid")]
+    why = "budget 'payments-monthly' is spent"
+    decision = route(
+        RouteRequest(paid, Endpoint.OPENAI_CHAT, "chat", downgrade_reason=why),
+        demo_active,
+        fleet(demo_active),
+        0.0,
+    )
+    assert isinstance(decision, Decision)
+    assert decision.cluster == "openai-cheap"
+    assert decision.rung == "fallback"
+    assert decision.skipped == (("openai-premium", why),)
+    assert decision.chain_rest == ("openai-cheap", "ollama-local")
+
+
+def test_a_downgrade_of_a_one_cluster_route_keeps_the_cluster(demo_active: ActivePolicy) -> None:
+    paid = demo_active.policy.tenants[TenantId("demo-paid")]
+    decision = route(
+        RouteRequest(paid, Endpoint.OPENAI_CHAT, "premium", downgrade_reason="soft limit"),
+        demo_active,
+        fleet(demo_active),
+        0.0,
+    )
+    assert isinstance(decision, Decision)
+    assert decision.cluster == "openai-premium"
