@@ -19,9 +19,9 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sidecar.core.budgets import BudgetCount, Estimate, counts_for, format_reset
 from sidecar.domain.accounting import BudgetScope, BudgetSpec, BudgetUnit, BudgetWindow
@@ -38,6 +38,8 @@ log = logging.getLogger("sidecar.budgets")
 
 RATE_WINDOW_S = 60
 """Rate limits are per minute."""
+
+_T = TypeVar("_T")
 
 MAX_JOBS_SHOWN = 1000
 """Jobs this process remembers for the state view (the most recent)."""
@@ -186,10 +188,9 @@ class Accounting:
     async def _reserve_all(
         self, counts: Sequence[BudgetCount], estimate: Estimate
     ) -> list[Reservation]:
-        reservations = [
-            self.store.reserve(c.key, estimate.amount(c.unit), c.limit, c.ttl_s) for c in counts
-        ]
-        return list(await asyncio.gather(*reservations))
+        return await _all(
+            [self.store.reserve(c.key, estimate.amount(c.unit), c.limit, c.ttl_s) for c in counts]
+        )
 
     async def _judge(
         self,
@@ -288,11 +289,11 @@ class Accounting:
 
     async def _settle(self, holds: Sequence[Hold], spent: Spent) -> None:
         try:
-            await asyncio.gather(
-                *(
+            await _all(
+                [
                     self.store.settle(h.count.key, h.reservation_id, spent.actual(h), h.count.ttl_s)
                     for h in holds
-                )
+                ]
             )
         except StoreUnavailable:
             log.warning("budget usage not settled: the store is unavailable")
@@ -381,6 +382,13 @@ class Accounting:
                     "limit": count.limit,
                 }
         return shown
+
+
+async def _all(calls: Sequence[Awaitable[_T]]) -> list[_T]:
+    """Await store calls together; a single one directly, without ``gather``'s tasks."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    return list(await asyncio.gather(*calls))
 
 
 def _crossed_soft_limit(count: BudgetCount, reply: Reservation, estimate: Estimate) -> bool:

@@ -8,6 +8,7 @@ by default; a fake clock in tests). Expired entries are dropped when touched, an
 them every :data:`SWEEP_EVERY` writes, so memory stays bounded by the live keys.
 """
 
+import heapq
 import math
 import secrets
 import time
@@ -41,23 +42,44 @@ class _Hold:
 
 @dataclass(slots=True)
 class _Counter:
-    """Used amount, live reservations by id, and settled ids until they expire."""
+    """Used amount, live reservations by id, and settled ids until they expire.
+
+    ``expiries`` is a heap of (when, id, settled?) so pruning touches only what expired:
+    a counter settles many requests a day, and scanning every settled id on each call
+    would cost time in proportion to them. Entries of reservations settled before they
+    expired stay in the heap until their time and are skipped then.
+    """
 
     expires_at: float
     used: float = 0.0
     holds: dict[str, _Hold] = field(default_factory=dict)
     settled: dict[str, float] = field(default_factory=dict)
+    expiries: list[tuple[float, str, bool]] = field(default_factory=list)
 
     @property
     def reserved(self) -> float:
         return math.fsum(hold.amount for hold in self.holds.values())
 
+    def hold(self, hold_id: str, amount: float, until: float) -> None:
+        self.holds[hold_id] = _Hold(amount, until)
+        heapq.heappush(self.expiries, (until, hold_id, False))
+
+    def mark_settled(self, settled_id: str, until: float) -> None:
+        self.settled[settled_id] = until
+        heapq.heappush(self.expiries, (until, settled_id, True))
+
     def prune(self, now: float) -> None:
         """Forget reservations and settled ids that expired."""
-        for hold_id in [i for i, hold in self.holds.items() if hold.expires_at <= now]:
-            del self.holds[hold_id]
-        for settled_id in [i for i, until in self.settled.items() if until <= now]:
-            del self.settled[settled_id]
+        while self.expiries and self.expiries[0][0] <= now:
+            _, item_id, settled = heapq.heappop(self.expiries)
+            if settled:
+                until = self.settled.get(item_id)
+                if until is not None and until <= now:
+                    del self.settled[item_id]
+                continue
+            hold = self.holds.get(item_id)
+            if hold is not None and hold.expires_at <= now:
+                del self.holds[item_id]
 
 
 @dataclass(slots=True)
@@ -98,7 +120,7 @@ class MemoryStore:
         counter = self._write(key, counter, ttl_s, now)
         hold_id = secrets.token_hex(12)
         hold_s = min(self._reservation_ttl_s, ttl_s)
-        counter.holds[hold_id] = _Hold(amount, now + hold_s)
+        counter.hold(hold_id, amount, now + hold_s)
         return Reservation(granted=True, used=used, reserved=counter.reserved, id=hold_id)
 
     async def settle(self, key: str, reservation_id: str, actual: float, ttl_s: int) -> None:
@@ -112,7 +134,7 @@ class MemoryStore:
         counter = self._write(key, counter, ttl_s, now)
         counter.holds.pop(reservation_id, None)
         counter.used += actual
-        counter.settled[reservation_id] = now + ttl_s
+        counter.mark_settled(reservation_id, now + ttl_s)
 
     async def add(self, key: str, amount: float, ttl_s: int) -> float:
         check_key(key)
