@@ -1,6 +1,7 @@
 """The counter store a policy asks for: this process's memory, or a guarded shared Redis."""
 
 import asyncio
+import logging
 from collections.abc import Mapping
 
 from sidecar.domain.accounting import StoreSpec
@@ -8,6 +9,8 @@ from sidecar.state.guarded import GuardedStore
 from sidecar.state.memory import MemoryStore
 from sidecar.state.redis import RedisStore
 from sidecar.state.store import CounterStore
+
+log = logging.getLogger("sidecar.state")
 
 
 class StoreConfigError(ValueError):
@@ -54,5 +57,9 @@ async def keep_reconciling(store: CounterStore, every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
         snapshot = store.snapshot()
-        if snapshot["pending_settles"] or snapshot["pending_keys"]:
+        if not snapshot["pending_settles"] and not snapshot["pending_keys"]:
+            continue
+        try:
             await store.reconcile()
+        except Exception:
+            log.exception("reconciling the shared counter store failed; retrying later")
