@@ -212,6 +212,27 @@ def budget_exhausted(
     )
 
 
+def budget_too_small(
+    budget: str,
+    whose: str,
+    window: str,
+    left: str,
+    asked: str,
+    resets_at: str,
+    retry_after_s: int,
+) -> Rejection:
+    """A budget has some left, but less than the request may use (its estimate)."""
+    return Rejection(
+        429,
+        "insufficient_quota",
+        "budget_exceeded",
+        f"The {window} budget '{budget}' of {whose} has {left} left, and this request "
+        f"may use up to {asked} (prompt estimate plus max_tokens); lower max_tokens, or "
+        f"wait until it resets at {resets_at}.",
+        retry_after_s,
+    )
+
+
 def rate_limited(what: str, retry_after_s: int) -> Rejection:
     """The tenant is over a requests or tokens per minute limit; ``what`` says which."""
     return Rejection(

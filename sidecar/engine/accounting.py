@@ -28,10 +28,12 @@ from sidecar.domain.accounting import BudgetScope, BudgetSpec, BudgetUnit, Budge
 from sidecar.domain.outcome import (
     Rejection,
     budget_exhausted,
+    budget_too_small,
     over_rate_limit_capacity,
     rate_limited,
 )
 from sidecar.domain.policy import Policy, TenantSpec
+from sidecar.state.guarded import GuardedStore
 from sidecar.state.store import CounterStore, Reservation, StoreUnavailable
 
 log = logging.getLogger("sidecar.budgets")
@@ -235,14 +237,17 @@ class Accounting:
         now: float,
     ) -> Admission:
         events += [_event("exhausted", count, reply) for count, reply in spent]
-        self._announce(events)
         first_count, first_reply = spent[0]
-        refusal = _refusal(first_count, first_reply, now)
         if any(not count.budget.downgrade for count, _ in spent):
+            self._announce(events)
             await self._release(holds)
-            blocking = next((c, r) for c, r in spent if not c.budget.downgrade)
-            return Admission(refusal=_refusal(*blocking, now), events=tuple(events))
+            blocking, reply = next((c, r) for c, r in spent if not c.budget.downgrade)
+            refusal = _refusal(blocking, reply, estimate.amount(blocking.unit), now)
+            return Admission(refusal=refusal, events=tuple(events))
         # Every spent budget says downgrade: the request goes on, and still counts.
+        events.append(_event("downgraded", first_count, first_reply))
+        self._announce(events)
+        refusal = _refusal(first_count, first_reply, estimate.amount(first_count.unit), now)
         for count, _ in spent:
             amount = estimate.amount(count.unit)
             reply = await self.store.reserve(count.key, amount, math.inf, count.ttl_s)
@@ -256,11 +261,11 @@ class Accounting:
 
     async def _release(self, holds: Sequence[Hold]) -> None:
         try:
-            await asyncio.gather(
-                *(
+            await _all(
+                [
                     self.store.settle(h.count.key, h.reservation_id, 0.0, h.count.ttl_s)
                     for h in holds
-                )
+                ]
             )
         except StoreUnavailable:
             log.warning("could not release budget reservations; they expire on their own")
@@ -349,7 +354,14 @@ class Accounting:
                 "teams": {k: vars(v) for k, v in sorted(self.spend_by_team.items())},
             },
             "settling": self.settling,
+            "store": self._store_state(),
         }
+
+    def _store_state(self) -> dict[str, Any]:
+        """Which store counts, and for a guarded shared one, its breaker and backlog."""
+        if isinstance(self.store, GuardedStore):
+            return {"kind": "redis", **self.store.snapshot()}
+        return {"kind": "memory"}
 
     def _scopes_of(self, policy: Policy, budget: BudgetSpec) -> list[tuple[TenantSpec, str | None]]:
         tenants = sorted(policy.tenants.values(), key=lambda t: t.tenant_id)
@@ -420,21 +432,31 @@ def _whose(count: BudgetCount) -> str:
     return f"{per.value} '{count.scope}'"
 
 
-def _refusal(count: BudgetCount, reply: Reservation, now: float) -> Rejection:
+def _refusal(count: BudgetCount, reply: Reservation, asked: float, now: float) -> Rejection:
+    """The 429 for a request that did not fit: the budget is spent, or has too little left."""
     used = reply.used + reply.reserved
-    if count.unit is BudgetUnit.TOKENS:
-        amount = f"{used:.0f} of {count.limit:.0f} tokens used or reserved"
-    else:
-        amount = f"${used:.4f} of ${count.limit:.2f} spent or reserved"
     window = "daily" if count.budget.window is BudgetWindow.DAY else "monthly"
-    return budget_exhausted(
-        count.budget.name,
-        _whose(count),
-        amount,
-        window,
-        format_reset(count.period.resets_at),
-        _whole_seconds(count.period.resets_at - now),
-    )
+    resets_at = format_reset(count.period.resets_at)
+    retry_after = _whole_seconds(count.period.resets_at - now)
+    if used < count.limit:
+        return budget_too_small(
+            count.budget.name,
+            _whose(count),
+            window,
+            _amount(count.unit, count.limit - used),
+            _amount(count.unit, asked),
+            resets_at,
+            retry_after,
+        )
+    if count.unit is BudgetUnit.TOKENS:
+        spent = f"{used:.0f} of {count.limit:.0f} tokens used or reserved"
+    else:
+        spent = f"${used:.4f} of ${count.limit:.2f} spent or reserved"
+    return budget_exhausted(count.budget.name, _whose(count), spent, window, resets_at, retry_after)
+
+
+def _amount(unit: BudgetUnit, value: float) -> str:
+    return f"{value:.0f} tokens" if unit is BudgetUnit.TOKENS else f"${value:.4f}"
 
 
 def _whole_seconds(seconds: float) -> int:

@@ -86,11 +86,14 @@ class CostControl:
         policy = self._runtime.active.policy
         if not policy.budgets and policy.rate_limit_of(self._tenant) is None:
             return None
+        accounting = self._runtime.accounting
+        if endpoint is Endpoint.JSON_SERVICE:
+            # A JSON service uses no tokens: only its requests per minute count.
+            return await accounting.check_rate(policy, self._tenant, 0)
         route = route_of(policy, self._tenant, body.model)
         chain = [policy.clusters[name] for name in route.chain] if route is not None else []
         output = max_output_tokens(endpoint, body, policy.assumed_max_tokens)
         cost = estimate(body_bytes, output, chain)
-        accounting = self._runtime.accounting
         limited = await accounting.check_rate(policy, self._tenant, cost.tokens)
         if limited is not None:
             return limited
@@ -131,7 +134,10 @@ class CostControl:
         """Settle the budget reservations with what was used; add it to the spend totals."""
         tokens = usage.input_tokens + usage.output_tokens if usage is not None else None
         answered = upstream_status is not None and upstream_status < 400
-        spent = Spent(tokens, self._notes.cost_usd(), answered)
+        usd = self._notes.cost_usd()
+        if usd is None and tokens is not None:
+            usd = 0.0  # the cluster that answered has no price: it cost nothing
+        spent = Spent(tokens, usd, answered)
         accounting = self._runtime.accounting
         admission, self._admission = self._admission, NOTHING_HELD
         accounting.settle(admission, spent)

@@ -110,9 +110,11 @@ def test_estimate_is_prompt_bytes_over_four_plus_max_tokens_at_the_dearest_price
 # -- budgets -----------------------------------------------------------------------------
 
 
-async def test_a_budget_refuses_with_its_name_the_amount_and_the_reset(policy: Policy) -> None:
+async def test_a_spent_budget_refuses_with_its_name_the_amount_and_the_reset(
+    policy: Policy,
+) -> None:
     books = accounting()
-    first = await books.admit(policy, tenant(policy), None, Estimate(900, 0.0), False)
+    first = await books.admit(policy, tenant(policy), None, Estimate(1000, 0.0), False)
     assert first.refusal is None
     second = await books.admit(policy, tenant(policy), None, Estimate(200, 0.0), False)
     assert second.refusal is not None
@@ -121,10 +123,22 @@ async def test_a_budget_refuses_with_its_name_the_amount_and_the_reset(policy: P
     message = second.refusal.message
     assert "'daily-tokens'" in message
     assert "tenant 'acme'" in message
-    assert "900 of 1000 tokens" in message
+    assert "is spent (1000 of 1000 tokens used or reserved)" in message
     assert "2026-11-23T00:00:00Z" in message
     assert second.refusal.retry_after_s == 12 * 3600
     assert second.holds == ()
+
+
+async def test_a_request_larger_than_what_is_left_is_told_both_amounts(
+    policy: Policy,
+) -> None:
+    books = accounting()
+    await books.admit(policy, tenant(policy), None, Estimate(900, 0.0), False)
+    refused = await books.admit(policy, tenant(policy), None, Estimate(200, 0.0), False)
+    assert refused.refusal is not None
+    assert "has 100 tokens left" in refused.refusal.message
+    assert "may use up to 200 tokens" in refused.refusal.message
+    assert "lower max_tokens" in refused.refusal.message
 
 
 async def test_settling_replaces_the_estimate_with_the_real_usage(policy: Policy) -> None:
