@@ -38,6 +38,7 @@ from sidecar.policy.problems import PolicyError
 from sidecar.state.factory import (
     StoreConfigError,
     build_store,
+    describe_store,
     keep_reconciling,
     redis_url_of,
 )
@@ -226,7 +227,8 @@ def _serve_command(args: argparse.Namespace) -> int:
         policy = load_policy(options.policy_path)
         credentials = resolve_credentials(policy, os.environ, str(options.policy_path))
     except PolicyError as error:
-        log.error("policy refused", extra={"problems": [str(p) for p in error.problems]})
+        problems = [problem.render(error.source_name) for problem in error.problems]
+        log.error("policy refused", extra={"problems": problems})
         print(error.render(), file=sys.stderr)
         return EXIT_BAD_INPUT
     active = ActivePolicy(policy, credentials)
@@ -295,7 +297,12 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
     serving = True
     log.info(
         "serving",
-        extra={"listen": options.listen, "admin": options.admin, "policy": active.policy.digest},
+        extra={
+            "listen": options.listen,
+            "admin": options.admin,
+            "policy": active.policy.digest,
+            "store": describe_store(active.policy.store, os.environ),
+        },
     )
     await _wait_for_stop_signal()
     serving = False

@@ -73,14 +73,12 @@ class Admission:
     """What the budgets say about a request.
 
     ``refusal`` set: refuse it (its reservations are already released).
-    ``downgrade_reason`` set: send it past its primary to cheaper clusters; if its route
-    has none, answer ``no_cheaper_refusal`` when set, else route it as asked.
+    ``downgrade_reason`` set: send it past its primary to the cheaper clusters after it.
     """
 
     holds: tuple[Hold, ...] = ()
     refusal: Rejection | None = None
     downgrade_reason: str | None = None
-    no_cheaper_refusal: Rejection | None = None
     events: tuple[BudgetEvent, ...] = ()
 
 
@@ -103,11 +101,22 @@ class Spent:
         return hold.estimate if self.answered else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Downgrade:
+    """Whether a request may be downgraded: it is non-critical, and its route allows it."""
+
+    non_critical: bool
+    possible: bool
+
+
 @dataclass
 class _Totals:
     requests: int = 0
     tokens: int = 0
     usd: float = 0.0
+
+    def shown(self) -> dict[str, float]:
+        return {"requests": self.requests, "tokens": self.tokens, "usd": _shown(self.usd)}
 
 
 class Accounting:
@@ -170,8 +179,14 @@ class Accounting:
         job: str | None,
         estimate: Estimate,
         non_critical: bool,
+        can_downgrade: bool = True,
     ) -> Admission:
-        """Reserve ``estimate`` on every budget count the request touches, and judge it."""
+        """Reserve ``estimate`` on every budget count the request touches, and judge it.
+
+        ``can_downgrade``: the request's route has clusters after its primary. Without
+        them, a spent ``downgrade`` budget refuses the request like a ``refuse`` one, and
+        non-critical work past a soft limit stays where it is.
+        """
         if not policy.budgets:
             return NOTHING_HELD
         now = self._wall_clock()
@@ -185,7 +200,8 @@ class Accounting:
         except StoreUnavailable:
             log.warning("budgets not checked: the store is unavailable")
             return NOTHING_HELD
-        return await self._judge(counts, replies, estimate, non_critical, now)
+        downgradable = _Downgrade(non_critical, can_downgrade)
+        return await self._judge(counts, replies, estimate, downgradable, now)
 
     async def _reserve_all(
         self, counts: Sequence[BudgetCount], estimate: Estimate
@@ -199,7 +215,7 @@ class Accounting:
         counts: Sequence[BudgetCount],
         replies: Sequence[Reservation],
         estimate: Estimate,
-        non_critical: bool,
+        downgrade: _Downgrade,
         now: float,
     ) -> Admission:
         holds = [
@@ -214,19 +230,19 @@ class Accounting:
         ]
         spent = [(c, r) for c, r in zip(counts, replies, strict=True) if not r.granted]
         if spent:
-            return await self._exhausted(holds, events, spent, estimate, now)
+            return await self._exhausted(holds, events, spent, estimate, downgrade, now)
         soft = [
             count for count, reply in zip(counts, replies, strict=True) if _past_soft(count, reply)
         ]
-        downgrade = None
-        if non_critical and soft:
-            downgrade = (
+        reason = None
+        if downgrade.non_critical and downgrade.possible and soft:
+            reason = (
                 f"budget '{soft[0].budget.name}' is past its soft limit; "
                 "non-critical work moves to cheaper clusters"
             )
             events.append(_event("downgraded", soft[0], replies[counts.index(soft[0])]))
         self._announce(events)
-        return Admission(tuple(holds), downgrade_reason=downgrade, events=tuple(events))
+        return Admission(tuple(holds), downgrade_reason=reason, events=tuple(events))
 
     async def _exhausted(
         self,
@@ -234,20 +250,21 @@ class Accounting:
         events: list[BudgetEvent],
         spent: list[tuple[BudgetCount, Reservation]],
         estimate: Estimate,
+        downgrade: _Downgrade,
         now: float,
     ) -> Admission:
         events += [_event("exhausted", count, reply) for count, reply in spent]
-        first_count, first_reply = spent[0]
-        if any(not count.budget.downgrade for count, _ in spent):
+        refusing = [(c, r) for c, r in spent if not (c.budget.downgrade and downgrade.possible)]
+        if refusing:
             self._announce(events)
             await self._release(holds)
-            blocking, reply = next((c, r) for c, r in spent if not c.budget.downgrade)
+            blocking, reply = refusing[0]
             refusal = _refusal(blocking, reply, estimate.amount(blocking.unit), now)
             return Admission(refusal=refusal, events=tuple(events))
         # Every spent budget says downgrade: the request goes on, and still counts.
+        first_count, first_reply = spent[0]
         events.append(_event("downgraded", first_count, first_reply))
         self._announce(events)
-        refusal = _refusal(first_count, first_reply, estimate.amount(first_count.unit), now)
         for count, _ in spent:
             amount = estimate.amount(count.unit)
             reply = await self.store.reserve(count.key, amount, math.inf, count.ttl_s)
@@ -257,7 +274,7 @@ class Accounting:
             f"budget '{first_count.budget.name}' of {_whose(first_count)} is spent; "
             "downgraded to cheaper clusters"
         )
-        return Admission(tuple(holds), None, reason, refusal, tuple(events))
+        return Admission(tuple(holds), None, reason, tuple(events))
 
     async def _release(self, holds: Sequence[Hold]) -> None:
         try:
@@ -350,8 +367,8 @@ class Accounting:
         return {
             "budgets": budgets,
             "spend_since_start": {
-                "tenants": {k: vars(v) for k, v in sorted(self.spend_by_tenant.items())},
-                "teams": {k: vars(v) for k, v in sorted(self.spend_by_team.items())},
+                "tenants": {k: v.shown() for k, v in sorted(self.spend_by_tenant.items())},
+                "teams": {k: v.shown() for k, v in sorted(self.spend_by_team.items())},
             },
             "settling": self.settling,
             "store": self._store_state(),
@@ -389,8 +406,8 @@ class Accounting:
                     continue
                 shown.setdefault(count.scope, {"resets_at": format_reset(count.period.resets_at)})
                 shown[count.scope][count.unit.value] = {
-                    "used": usage.used,
-                    "reserved": usage.reserved,
+                    "used": _shown(usage.used),
+                    "reserved": _shown(usage.reserved),
                     "limit": count.limit,
                 }
         return shown
@@ -457,6 +474,11 @@ def _refusal(count: BudgetCount, reply: Reservation, asked: float, now: float) -
 
 def _amount(unit: BudgetUnit, value: float) -> str:
     return f"{value:.0f} tokens" if unit is BudgetUnit.TOKENS else f"${value:.4f}"
+
+
+def _shown(amount: float) -> float:
+    """An amount for people: sums of float prices lose their noise (0.1 + 0.2 is 0.3)."""
+    return round(amount, 10)
 
 
 def _whole_seconds(seconds: float) -> int:

@@ -231,7 +231,7 @@ class RoutingRuntime:
                 "entries": len(cache),
                 "hits": cache.hits,
                 "misses": cache.misses,
-                "saved_usd": round(cache.saved_usd, 6),
+                "saved_usd": round(cache.saved_usd, 10),
             }
             for name, cache in self.cost_caches.items()
         }

@@ -18,7 +18,7 @@ from sidecar.domain.api import Endpoint
 from sidecar.domain.ids import ModelName
 from sidecar.domain.outcome import Rejection, invalid_job_id
 from sidecar.domain.policy import Policy, RouteSpec, TenantSpec
-from sidecar.engine.accounting import NOTHING_HELD, Admission, Spent
+from sidecar.engine.accounting import NOTHING_HELD, Spent
 from sidecar.engine.runtime import RoutingRuntime
 from sidecar.extproc.notes import RequestNotes
 from sidecar.providers.body import RequestBody
@@ -97,25 +97,19 @@ class CostControl:
         limited = await accounting.check_rate(policy, self._tenant, cost.tokens)
         if limited is not None:
             return limited
+        can_downgrade = route is not None and len(route.chain) > 1
         admission = await accounting.admit(
-            policy, self._tenant, self._job, cost, self._non_critical(policy, route)
+            policy, self._tenant, self._job, cost, self._non_critical(policy, route), can_downgrade
         )
         self._admission = admission
         self._notes.budget_events(admission.events)
-        return self._verdict(admission, route)
+        self.downgrade_reason = admission.downgrade_reason
+        return admission.refusal
 
     def _non_critical(self, policy: Policy, route: RouteSpec | None) -> bool:
         if route is not None and route.non_critical:
             return True
         return self._job is not None and policy.jobs is not None and policy.jobs.non_critical
-
-    def _verdict(self, admission: Admission, route: RouteSpec | None) -> Rejection | None:
-        if admission.refusal is not None or admission.downgrade_reason is None:
-            return admission.refusal
-        if route is not None and len(route.chain) > 1:
-            self.downgrade_reason = admission.downgrade_reason
-            return None
-        return admission.no_cheaper_refusal
 
     def forget_answer(self) -> None:
         """The answer will not be kept (an error, or streamed)."""

@@ -49,7 +49,11 @@ def _budget_problems(
     message: Any, path: FieldPath, budget: Any, teams: set[str]
 ) -> Iterator[tuple[FieldPath, str]]:
     if not budget.tokens and not budget.spend_usd:
-        yield (path, "set 'tokens', 'spend_usd' or both: this budget limits nothing")
+        yield (
+            path,
+            "this budget limits nothing: set 'tokens', 'spend_usd' or both above 0 "
+            "(0 means not limited)",
+        )
     if budget.spend_usd and not _any_priced(message):
         yield ((*path, "spend_usd"), "no cluster has a 'price', so spend is never counted")
     if budget.per == "team" and not teams:
@@ -68,8 +72,10 @@ def _budget_problems(
 
 def _state_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
     state = message.state
-    if state.store == "redis" and bool(state.redis_url) == bool(state.redis_url_env):
-        yield (("state",), "store 'redis' needs exactly one of 'redis_url' or 'redis_url_env'")
+    if state.store == "redis" and not state.redis_url and not state.redis_url_env:
+        yield (("state",), "store 'redis' needs 'redis_url' or 'redis_url_env'")
+    if state.redis_url and state.redis_url_env:
+        yield (("state",), "set 'redis_url' or 'redis_url_env', not both")
     if state.store != "redis" and (state.redis_url or state.redis_url_env):
         yield (("state", "store"), "a Redis address is set but store is not 'redis'")
     if state.redis_url and not state.redis_url.startswith(("redis://", "rediss://", "unix://")):

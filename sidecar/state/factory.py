@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from sidecar.domain.accounting import StoreSpec
 from sidecar.state.guarded import GuardedStore
 from sidecar.state.memory import MemoryStore
-from sidecar.state.redis import RedisStore
+from sidecar.state.redis import RedisStore, describe_url
 from sidecar.state.store import CounterStore
 
 log = logging.getLogger("sidecar.state")
@@ -29,6 +29,14 @@ def redis_url_of(spec: StoreSpec, environ: Mapping[str, str]) -> str | None:
             f"state.redis_url_env names {spec.redis_url_env}, which is not set or empty"
         )
     return url
+
+
+def describe_store(spec: StoreSpec, environ: Mapping[str, str]) -> str:
+    """Which store counts, for the startup log line (never with credentials)."""
+    url = redis_url_of(spec, environ)
+    if not spec.shared or url is None:
+        return "memory (this process only)"
+    return f"redis at {describe_url(url)}, namespace {spec.namespace}"
 
 
 def build_store(spec: StoreSpec, environ: Mapping[str, str]) -> CounterStore:

@@ -157,13 +157,13 @@ class _BreakerEvents(pybreaker.CircuitBreakerListener):
     """Passes the breaker's failures and state changes on to the store."""
 
     def __init__(
-        self, on_failure: Callable[[], None], on_change: Callable[[str, str], None]
+        self, on_failure: Callable[[BaseException], None], on_change: Callable[[str, str], None]
     ) -> None:
         self._on_failure = on_failure
         self._on_change = on_change
 
     def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
-        self._on_failure()
+        self._on_failure(exc)
 
     def state_change(
         self,
@@ -216,6 +216,8 @@ class GuardedStore:
         self._remembered = 0
         self._local_operations = 0
         self._shared_failures = 0
+        self._last_failure = ""
+        """Why the last shared call failed (for the log line when the breaker opens)."""
         self._reconciled = 0
         self._dropped = 0
 
@@ -352,16 +354,25 @@ class GuardedStore:
         self._kick()
         return result
 
-    def _count_failure(self) -> None:
+    def _count_failure(self, exc: BaseException) -> None:
         self._shared_failures += 1
+        self._last_failure = str(exc) or type(exc).__name__
 
     def _state_changed(self, old: str, new: str) -> None:
+        opened = new == "open"
         log.warning(
             "shared counter store breaker %s -> %s%s",
             old,
             new,
-            ": budgets and rate limits are counted locally" if new == "open" else "",
-            extra={"breaker_from": old, "breaker_to": new, **self._pending_counts()},
+            f": budgets and rate limits are counted locally ({self._last_failure})"
+            if opened
+            else "",
+            extra={
+                "breaker_from": old,
+                "breaker_to": new,
+                "last_failure": self._last_failure,
+                **self._pending_counts(),
+            },
         )
         for listener in list(self.state_listeners):
             try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from sidecar.state import gcra
 from sidecar.state.store import (
     DEFAULT_RESERVATION_TTL_S,
+    SETTLED_TTL_S,
     KeyKindError,
     RateDecision,
     Reservation,
@@ -134,7 +135,7 @@ class MemoryStore:
         counter = self._write(key, counter, ttl_s, now)
         counter.holds.pop(reservation_id, None)
         counter.used += actual
-        counter.mark_settled(reservation_id, now + ttl_s)
+        counter.mark_settled(reservation_id, now + min(ttl_s, SETTLED_TTL_S))
 
     async def add(self, key: str, amount: float, ttl_s: int) -> float:
         check_key(key)
@@ -167,6 +168,11 @@ class MemoryStore:
 
     async def close(self) -> None:
         """Nothing to release: the counters live as long as the object."""
+
+    def settled_ids(self, key: str) -> int:
+        """How many settled ids the counter still remembers (for tests and the state view)."""
+        entry = self._entries.get(key)
+        return len(entry.settled) if isinstance(entry, _Counter) else 0
 
     def take_used(self, key: str) -> float:
         """Zero a counter's used amount and return what it was (0 if the key is absent).

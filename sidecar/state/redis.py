@@ -11,9 +11,11 @@ Reservation expiry follows the Redis server's clock, so replicas need not agree 
 for budgets; rate limits use the ``now_s`` callers pass.
 
 Every call finishes within ``timeout_s`` or raises :class:`StoreUnavailable`, as do
-refused or lost connections and a server that cannot take writes (loading, read-only
-replica, out of memory). The client retries a failed command once at once (a pooled
-connection that went stale when Redis restarted), within that same deadline.
+refused or lost connections, a server that cannot take writes (loading, read-only
+replica, out of memory) and every other error reply but ``WRONGTYPE`` (a database
+index out of range, a user not allowed to run scripts). The client retries a failed
+command once at once (a pooled connection that went stale when Redis restarted), within
+that same deadline.
 """
 
 import asyncio
@@ -26,23 +28,14 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import (
-    ClusterDownError,
-    NoScriptError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-    TryAgainError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from sidecar.state import gcra, scripts
 from sidecar.state.store import (
     DEFAULT_RESERVATION_TTL_S,
     FLOAT_TOLERANCE,
     RESERVED_SUFFIX,
+    SETTLED_TTL_S,
     KeyKindError,
     RateDecision,
     Reservation,
@@ -57,16 +50,6 @@ from sidecar.state.store import (
 
 DEFAULT_TIMEOUT_S = 0.25
 """How long one call may take, connecting included, before it counts as an outage."""
-
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    ReadOnlyError,
-    OutOfMemoryError,
-    ClusterDownError,
-    TryAgainError,
-    OSError,  # TimeoutError (the call's deadline) included
-)
 
 
 class RedisStore:
@@ -86,7 +69,7 @@ class RedisStore:
             raise ValueError(f"timeout_s must be > 0, not {timeout_s!r}")
         check_reservation_ttl(reservation_ttl_s)
         self.namespace = namespace
-        self._where = _describe(url)
+        self._where = describe_url(url)
         self._timeout_s = timeout_s
         self._reservation_ttl_s = reservation_ttl_s
         self._client: Redis = Redis.from_url(
@@ -118,7 +101,7 @@ class RedisStore:
         check_key(key)
         check_amount(actual, "actual")
         check_ttl(ttl_s)
-        args = (reservation_id, repr(float(actual)), ttl_s)
+        args = (reservation_id, repr(float(actual)), ttl_s, min(ttl_s, SETTLED_TTL_S))
         await self._run(scripts.SETTLE, self._counter_keys(key), args)
 
     async def add(self, key: str, amount: float, ttl_s: int) -> float:
@@ -162,10 +145,7 @@ class RedisStore:
             async with asyncio.timeout(self._timeout_s):
                 return await self._eval(script, keys, args)
         except (RedisError, OSError) as exc:
-            translated = self._translate(exc, script)
-            if translated is None:
-                raise
-            raise translated from exc
+            raise self._translate(exc, script) from exc
 
     async def _eval(
         self, script: scripts.Script, keys: Sequence[str], args: Sequence[str | int | float]
@@ -175,17 +155,21 @@ class RedisStore:
         except NoScriptError:
             return await self._client.eval(script.source, len(keys), *keys, *args)
 
-    def _translate(self, exc: RedisError | OSError, script: scripts.Script) -> Exception | None:
-        """The store's error for ``exc``, or ``None`` to let it through (a bug)."""
-        if isinstance(exc, _UNAVAILABLE):
-            reason = str(exc) or type(exc).__name__
-            return StoreUnavailable(f"Redis at {self._where} ({script.name}): {reason}")
+    def _translate(self, exc: RedisError | OSError, script: scripts.Script) -> Exception:
+        """The store's error for ``exc``: a key of the wrong kind, else unavailable.
+
+        Every other error reply counts as an outage, not only lost connections: a
+        database index out of range, a user without permission to run scripts, a
+        server that is loading or out of memory. Requests must not fail because of the
+        store; the guard answers locally and logs the reason.
+        """
         if isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc):
             return KeyKindError(f"{script.name} on a key of another kind: {exc}")
-        return None
+        reason = str(exc) or type(exc).__name__
+        return StoreUnavailable(f"Redis at {self._where} ({script.name}): {reason}")
 
 
-def _describe(url: str) -> str:
+def describe_url(url: str) -> str:
     """Where ``url`` points, without its credentials."""
     parts = urlsplit(url)
     if parts.scheme == "unix":

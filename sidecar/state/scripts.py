@@ -80,7 +80,8 @@ return {1, used, reserved}
 """
 
 _SETTLE = """
--- KEYS: counter, holds. ARGV: id, actual, ttl_s. Returns 0 if already settled.
+-- KEYS: counter, holds. ARGV: id, actual, ttl_s, settled_s (how long the id is kept).
+-- Returns 0 if already settled.
 local main, exp = KEYS[1], KEYS[2]
 local now = now_ms()
 prune(main, exp, now)
@@ -95,7 +96,7 @@ if amount then
   release(main, amount)
 end
 redis.call('HINCRBYFLOAT', main, 'used', ARGV[2])
-redis.call('ZADD', exp, now + tonumber(ARGV[3]) * 1000, 's:' .. ARGV[1])
+redis.call('ZADD', exp, now + tonumber(ARGV[4]) * 1000, 's:' .. ARGV[1])
 touch(main, exp, ARGV[3])
 return 1
 """

@@ -16,8 +16,10 @@ Lifetimes:
   :data:`DEFAULT_RESERVATION_TTL_S` by default), or ``ttl_s`` if that is shorter. After
   that it stops counting as reserved: a request that never settles (its sidecar crashed)
   frees its estimate by itself.
-- Settling is idempotent per reservation id for as long as the key lives: a second settle
-  of the same id changes nothing. Settling an id the store does not hold (the
+- Settling is idempotent per reservation id for :data:`SETTLED_TTL_S` (or the key's
+  life, if shorter): a second settle of the same id within that time changes nothing.
+  Settled ids are forgotten after it, so a busy counter keeps about an hour of them,
+  not its whole window's. Settling an id the store does not hold (the
   reservation expired, or the key did) still adds ``actual`` to used, since the usage
   happened; the id is then remembered as settled like any other.
 
@@ -39,6 +41,15 @@ from typing import Protocol
 
 DEFAULT_RESERVATION_TTL_S = 900.0
 """How long a reservation counts if never settled: longer than any one generation."""
+
+SETTLED_TTL_S = 3600
+"""How long a settled reservation id is remembered, so that a retried settle counts once.
+
+Longer than any retry of a settle (a guarded store replays queued settles as soon as
+the shared store answers again); each remembered id costs the shared store about
+120 bytes, so this also bounds its memory: a counter settling 100 requests a second
+holds about 40 MB of them.
+"""
 
 RESERVED_SUFFIX = ":holds"
 """Stores may keep a key's reservations under ``<key>:holds``: callers may not use it."""

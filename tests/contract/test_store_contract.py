@@ -9,6 +9,7 @@ import math
 import time
 
 import pytest
+from redis.asyncio import Redis
 
 from sidecar.state import KeyKindError, RedisStore, StoreUnavailable, Usage
 from tests.contract.conftest import TIMEOUT_S, Harness
@@ -394,5 +395,38 @@ async def test_nothing_listening_is_unavailable() -> None:
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", "nowhere", timeout_s=TIMEOUT_S)
     try:
         await assert_unavailable_in_time(store)
+    finally:
+        await store.close()
+
+
+async def test_a_database_index_out_of_range_is_unavailable(
+    own_redis_server: RedisServer,
+) -> None:
+    url = own_redis_server.url.rsplit("/", 1)[0] + "/99"
+    store = RedisStore(url, "outage", timeout_s=TIMEOUT_S)
+    try:
+        with pytest.raises(StoreUnavailable, match="DB index is out of range"):
+            await store.reserve("budget", 1, limit=10, ttl_s=TTL)
+    finally:
+        await store.close()
+
+
+async def test_a_user_not_allowed_to_run_scripts_is_unavailable(
+    own_redis_server: RedisServer,
+) -> None:
+    admin = Redis.from_url(own_redis_server.url)
+    try:
+        await admin.execute_command(
+            "ACL", "SETUSER", "noscript", "on", ">secret", "~*", "+@all", "-@scripting"
+        )
+    finally:
+        await admin.aclose()
+    url = f"redis://noscript:secret@127.0.0.1:{own_redis_server.port}/0"
+    store = RedisStore(url, "outage", timeout_s=TIMEOUT_S)
+    try:
+        with pytest.raises(StoreUnavailable, match="no permissions"):
+            await store.reserve("budget", 1, limit=10, ttl_s=TTL)
+        with pytest.raises(StoreUnavailable):
+            await store.hit("rpm", limit=1, window_s=60, now_s=1000.0)
     finally:
         await store.close()

@@ -202,12 +202,37 @@ async def test_a_spent_downgrade_budget_moves_requests_on_and_still_counts_them(
     assert admission.refusal is None
     assert admission.downgrade_reason is not None
     assert "team 'data'" in admission.downgrade_reason
-    assert admission.no_cheaper_refusal is not None
-    assert admission.no_cheaper_refusal.code == "budget_exceeded"
+    assert [e.name for e in admission.events] == ["exhausted", "downgraded"]
     books.settle(admission, Spent(1, 0.2, answered=True))
     await books.drain(1)
     team_key = next(h.count.key for h in admission.holds if h.count.budget.name == "team-spend")
     assert (await store.read(team_key)).used == pytest.approx(1.15)
+
+
+async def test_a_spent_downgrade_budget_refuses_when_nothing_is_cheaper(
+    policy: Policy,
+) -> None:
+    books = accounting()
+    spender = await books.admit(policy, tenant(policy, "zeta"), None, Estimate(1, 0.95), False)
+    books.settle(spender, Spent(1, 1.0, answered=True))
+    await books.drain(1)
+    admission = await books.admit(
+        policy, tenant(policy), None, Estimate(1, 0.1), False, can_downgrade=False
+    )
+    assert admission.refusal is not None
+    assert admission.refusal.code == "budget_exceeded"
+    assert admission.holds == ()
+    assert [e.name for e in admission.events] == ["exhausted"]
+
+
+async def test_non_critical_work_stays_when_nothing_is_cheaper(policy: Policy) -> None:
+    books = accounting()
+    await books.admit(policy, tenant(policy), None, Estimate(600, 0.0), False)
+    batch = await books.admit(
+        policy, tenant(policy), None, Estimate(10, 0.0), True, can_downgrade=False
+    )
+    assert batch.downgrade_reason is None
+    assert "downgraded" not in [e.name for e in batch.events]
 
 
 async def test_job_budgets_count_each_job_of_each_tenant_alone(policy: Policy) -> None:

@@ -105,7 +105,7 @@ def test_the_cost_cache_defaults() -> None:
     [
         (
             "budgets: {b: {per: tenant, window: day}}\n",
-            "budgets.b: set 'tokens', 'spend_usd' or both: this budget limits nothing",
+            "budgets.b: this budget limits nothing: set 'tokens', 'spend_usd' or both above 0",
         ),
         (
             "budgets: {b: {per: tenant, window: week, tokens: 5}}\n",
@@ -131,7 +131,11 @@ def test_the_cost_cache_defaults() -> None:
             "budgets: {b: {per: tenant, window: day, tokens: 5, when_exhausted: wait}}\n",
             "budgets.b.when_exhausted: 'wait' is not one of: refuse, downgrade",
         ),
-        ("state: {store: redis}\n", "state: store 'redis' needs exactly one of"),
+        ("state: {store: redis}\n", "state: store 'redis' needs 'redis_url' or 'redis_url_env'"),
+        (
+            "state: {store: redis, redis_url: 'redis://a:1', redis_url_env: URL}\n",
+            "state: set 'redis_url' or 'redis_url_env', not both",
+        ),
         (
             "state: {store: redis, redis_url: 'http://cache:6379'}\n",
             "state.redis_url: must start with redis://, rediss:// or unix://",
