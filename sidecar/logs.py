@@ -7,7 +7,7 @@ credentials; callers pass ids and names only.
 import json
 import logging
 import sys
-from datetime import UTC, datetime
+import time
 from typing import Any, ClassVar
 
 
@@ -20,17 +20,28 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key not in self._STANDARD:
-                entry[key] = value
+        entry.update(
+            (key, value) for key, value in record.__dict__.items() if key not in self._STANDARD
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+def _timestamp(created: float) -> str:
+    """``created`` as ISO 8601 in UTC with milliseconds (2026-11-22T17:20:08.123+00:00).
+
+    Formatted by hand from ``time.gmtime``: ``datetime.isoformat`` costs several times
+    more, on every decision log line.
+    """
+    seconds = int(created)
+    millis = int((created - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}+00:00"
 
 
 def configure_logging(level: str) -> None:

@@ -43,12 +43,15 @@ class BudgetCount:
     unit: BudgetUnit
     limit: float
     key: str
-    ttl_s: int
     period: Period
 
     @property
     def soft_limit(self) -> float:
         return self.limit * self.budget.soft_fraction
+
+    def ttl_s(self, now: float) -> int:
+        """The key's time to live from ``now``: to the window's end, plus a day."""
+        return max(1, math.ceil(self.period.resets_at - now) + KEY_GRACE_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +105,9 @@ def counts_for(
         if scope is None:
             continue
         period = period_of(budget.window, now)
-        ttl_s = max(1, math.ceil(period.resets_at - now) + KEY_GRACE_S)
         for unit, limit in budget.limits():
             key = f"budget:{budget.name}:{budget.per.value}:{scope}:{period.label}:{unit.value}"
-            found.append(BudgetCount(budget, scope, unit, limit, key, ttl_s, period))
+            found.append(BudgetCount(budget, scope, unit, limit, key, period))
     return tuple(found)
 
 

@@ -44,6 +44,9 @@ RATE_WINDOW_S = 60
 _T = TypeVar("_T")
 
 MAX_JOBS_SHOWN = 1000
+
+MAX_CACHED_COUNTS = 10_000
+"""Tenant and job combinations whose budget counts are kept (then the cache starts over)."""
 """Jobs this process remembers for the state view (the most recent)."""
 
 
@@ -130,6 +133,9 @@ class Accounting:
         self.spend_by_tenant: dict[str, _Totals] = {}
         self.spend_by_team: dict[str, _Totals] = {}
         self._recent_jobs: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._count_cache: dict[
+            tuple[int, TenantSpec, str | None], tuple[tuple[BudgetCount, ...], float, float]
+        ] = {}
 
     # -- rate limits ---------------------------------------------------------------------
 
@@ -192,22 +198,45 @@ class Accounting:
         now = self._wall_clock()
         if job is not None:
             self._remember_job(tenant.tenant_id, job)
-        counts = counts_for(policy.budgets, tenant, job, now)
+        counts = self._counts(policy.budgets, tenant, job, now)
         if not counts:
             return NOTHING_HELD
         try:
-            replies = await self._reserve_all(counts, estimate)
+            replies = await self._reserve_all(counts, estimate, now)
         except StoreUnavailable:
             log.warning("budgets not checked: the store is unavailable")
             return NOTHING_HELD
         downgradable = _Downgrade(non_critical, can_downgrade)
         return await self._judge(counts, replies, estimate, downgradable, now)
 
+    def _counts(
+        self, budgets: tuple[BudgetSpec, ...], tenant: TenantSpec, job: str | None, now: float
+    ) -> tuple[BudgetCount, ...]:
+        """The counts of ``counts_for``, kept until the first of their windows ends.
+
+        They depend only on the budgets, the tenant, the job and the window, and every
+        request of a tenant asks for the same ones; building them (calendar arithmetic,
+        key strings) costs more than the reservation itself.
+        """
+        key = (id(budgets), tenant, job)
+        cached = self._count_cache.get(key)
+        if cached is not None and cached[1] <= now < cached[2]:
+            return cached[0]
+        counts = counts_for(budgets, tenant, job, now)
+        valid_until = min((c.period.resets_at for c in counts), default=now + 3600.0)
+        if len(self._count_cache) >= MAX_CACHED_COUNTS:
+            self._count_cache.clear()
+        self._count_cache[key] = (counts, now, valid_until)
+        return counts
+
     async def _reserve_all(
-        self, counts: Sequence[BudgetCount], estimate: Estimate
+        self, counts: Sequence[BudgetCount], estimate: Estimate, now: float
     ) -> list[Reservation]:
         return await _all(
-            [self.store.reserve(c.key, estimate.amount(c.unit), c.limit, c.ttl_s) for c in counts]
+            [
+                self.store.reserve(c.key, estimate.amount(c.unit), c.limit, c.ttl_s(now))
+                for c in counts
+            ]
         )
 
     async def _judge(
@@ -257,7 +286,7 @@ class Accounting:
         refusing = [(c, r) for c, r in spent if not (c.budget.downgrade and downgrade.possible)]
         if refusing:
             self._announce(events)
-            await self._release(holds)
+            await self._release(holds, now)
             blocking, reply = refusing[0]
             refusal = _refusal(blocking, reply, estimate.amount(blocking.unit), now)
             return Admission(refusal=refusal, events=tuple(events))
@@ -267,7 +296,7 @@ class Accounting:
         self._announce(events)
         for count, _ in spent:
             amount = estimate.amount(count.unit)
-            reply = await self.store.reserve(count.key, amount, math.inf, count.ttl_s)
+            reply = await self.store.reserve(count.key, amount, math.inf, count.ttl_s(now))
             if reply.id is not None:
                 holds.append(Hold(count, reply.id, amount))
         reason = (
@@ -276,11 +305,11 @@ class Accounting:
         )
         return Admission(tuple(holds), None, reason, tuple(events))
 
-    async def _release(self, holds: Sequence[Hold]) -> None:
+    async def _release(self, holds: Sequence[Hold], now: float) -> None:
         try:
             await _all(
                 [
-                    self.store.settle(h.count.key, h.reservation_id, 0.0, h.count.ttl_s)
+                    self.store.settle(h.count.key, h.reservation_id, 0.0, h.count.ttl_s(now))
                     for h in holds
                 ]
             )
@@ -310,10 +339,13 @@ class Accounting:
         task.add_done_callback(self._settling.discard)
 
     async def _settle(self, holds: Sequence[Hold], spent: Spent) -> None:
+        now = self._wall_clock()
         try:
             await _all(
                 [
-                    self.store.settle(h.count.key, h.reservation_id, spent.actual(h), h.count.ttl_s)
+                    self.store.settle(
+                        h.count.key, h.reservation_id, spent.actual(h), h.count.ttl_s(now)
+                    )
                     for h in holds
                 ]
             )

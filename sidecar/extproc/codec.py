@@ -281,9 +281,24 @@ def observed_response_chunk(log_fields: Mapping[str, Any] | None = None) -> Any:
 
 
 def _add_log_fields(response: Any, log_fields: Mapping[str, Any] | None) -> None:
-    """Hand decision fields to Envoy's access log as dynamic metadata ``ai.sidecar``."""
-    if log_fields:
-        response.dynamic_metadata.update({SIDECAR_NAMESPACE: dict(log_fields)})
+    """Hand decision fields to Envoy's access log as dynamic metadata ``ai.sidecar``.
+
+    Strings, numbers and booleans are written into the Struct's fields directly
+    (``Struct.update`` converts every value through Python code, several times slower);
+    anything else (the failover plan's list of hops) goes through ``update``.
+    """
+    if not log_fields:
+        return
+    fields = response.dynamic_metadata.fields[SIDECAR_NAMESPACE].struct_value.fields
+    for name, value in log_fields.items():
+        if isinstance(value, str):
+            fields[name].string_value = value
+        elif isinstance(value, bool):
+            fields[name].bool_value = value
+        elif isinstance(value, int | float):
+            fields[name].number_value = value
+        else:
+            response.dynamic_metadata.fields[SIDECAR_NAMESPACE].struct_value.update({name: value})
 
 
 CLIENT_IDENTITY_HEADERS = (

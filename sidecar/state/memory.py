@@ -9,7 +9,6 @@ them every :data:`SWEEP_EVERY` writes, so memory stays bounded by the live keys.
 """
 
 import heapq
-import math
 import secrets
 import time
 from collections.abc import Callable
@@ -49,6 +48,9 @@ class _Counter:
     a counter settles many requests a day, and scanning every settled id on each call
     would cost time in proportion to them. Entries of reservations settled before they
     expired stay in the heap until their time and are skipped then.
+
+    ``reserved`` is kept as a running sum for the same reason, and set back to exactly 0
+    whenever no reservation is left, so float rounding cannot pile up.
     """
 
     expires_at: float
@@ -56,14 +58,19 @@ class _Counter:
     holds: dict[str, _Hold] = field(default_factory=dict)
     settled: dict[str, float] = field(default_factory=dict)
     expiries: list[tuple[float, str, bool]] = field(default_factory=list)
-
-    @property
-    def reserved(self) -> float:
-        return math.fsum(hold.amount for hold in self.holds.values())
+    reserved: float = 0.0
 
     def hold(self, hold_id: str, amount: float, until: float) -> None:
         self.holds[hold_id] = _Hold(amount, until)
+        self.reserved += amount
         heapq.heappush(self.expiries, (until, hold_id, False))
+
+    def release(self, hold_id: str) -> None:
+        """Stop counting a reservation (settled or expired); nothing if it is not held."""
+        hold = self.holds.pop(hold_id, None)
+        if hold is None:
+            return
+        self.reserved = self.reserved - hold.amount if self.holds else 0.0
 
     def mark_settled(self, settled_id: str, until: float) -> None:
         self.settled[settled_id] = until
@@ -80,7 +87,7 @@ class _Counter:
                 continue
             hold = self.holds.get(item_id)
             if hold is not None and hold.expires_at <= now:
-                del self.holds[item_id]
+                self.release(item_id)
 
 
 @dataclass(slots=True)
@@ -133,7 +140,7 @@ class MemoryStore:
         if counter is not None and reservation_id in counter.settled:
             return
         counter = self._write(key, counter, ttl_s, now)
-        counter.holds.pop(reservation_id, None)
+        counter.release(reservation_id)
         counter.used += actual
         counter.mark_settled(reservation_id, now + min(ttl_s, SETTLED_TTL_S))
 

@@ -110,6 +110,9 @@ class Metrics:
         self._clusters = frozenset(known_clusters)
         self._tiers = frozenset(known_tiers)
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        """Labelled series by metric and label values: ``labels()`` checks and locks on
+        every call, and label values are bounded, so each series is looked up once."""
         self.accounting = AccountingMetrics(
             self.registry, self._models, known_tenants, known_teams, known_budgets
         )
@@ -184,24 +187,42 @@ class Metrics:
         cluster = _bounded(record.cluster, self._clusters)
         tier = _bounded(record.tier, self._tiers)
         outcome = record.outcome if record.outcome in OUTCOMES else OTHER
-        self._requests.labels(model, cluster, tier, outcome).inc()
-        _observe(self._duration, (model, cluster, tier), record.duration_s)
-        _observe(self._ttft, (model, cluster), record.time_to_first_byte_s)
+        self._series(self._requests, (model, cluster, tier, outcome)).inc()
+        self._observe(self._duration, (model, cluster, tier), record.duration_s)
+        self._observe(self._ttft, (model, cluster), record.time_to_first_byte_s)
         self._count_usage(record, model, cluster, tier)
         self.accounting.observe(record)
         kind = error_kind(record)
         if kind is not None:
-            self._errors.labels(model, cluster, kind).inc()
+            self._series(self._errors, (model, cluster, kind)).inc()
         if record.outcome == "shed":
-            self._shed.labels(record.pool or NONE, tier).inc()
+            self._series(self._shed, (record.pool or NONE, tier)).inc()
         if record.fallback_depth > 0 or record.rung == "fallback":
-            self._fallbacks.labels(model, cluster).inc()
+            self._series(self._fallbacks, (model, cluster)).inc()
 
     def _count_usage(self, record: RequestRecord, model: str, cluster: str, tier: str) -> None:
         for direction, tokens in (("input", record.input_tokens), ("output", record.output_tokens)):
-            _increase(self._tokens, (model, cluster, tier, direction), tokens)
-        _increase(self._cost, (model, cluster, tier), record.cost_usd)
-        _observe(self._request_cost, (model, cluster), record.cost_usd)
+            self._increase(self._tokens, (model, cluster, tier, direction), tokens)
+        self._increase(self._cost, (model, cluster, tier), record.cost_usd)
+        self._observe(self._request_cost, (model, cluster), record.cost_usd)
+
+    def _series(self, metric: Counter | Histogram, labels: tuple[str, ...]) -> Any:
+        """The series of ``metric`` with ``labels``, created on first use."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def _increase(self, counter: Counter, labels: tuple[str, ...], amount: float | None) -> None:
+        """Add ``amount`` if it is measurable; no series is created otherwise."""
+        if _measurable(amount):
+            self._series(counter, labels).inc(amount)
+
+    def _observe(self, histogram: Histogram, labels: tuple[str, ...], value: float | None) -> None:
+        """Observe ``value`` if it is measurable; no series is created otherwise."""
+        if _measurable(value):
+            self._series(histogram, labels).observe(value)
 
     def breaker_transition(self, cluster: str, old: str, new: str) -> None:
         """Count a breaker's change of state (states as in ``BreakerState`` values)."""
@@ -244,18 +265,6 @@ def _breaker_state(state: str) -> str:
 def _measurable(value: float | None) -> TypeGuard[float]:
     """A value a counter or histogram can take: known, finite and not negative."""
     return value is not None and math.isfinite(value) and value >= 0
-
-
-def _increase(counter: Counter, labels: tuple[str, ...], amount: float | None) -> None:
-    """Add ``amount`` if it is measurable; no series is created otherwise."""
-    if _measurable(amount):
-        counter.labels(*labels).inc(amount)
-
-
-def _observe(histogram: Histogram, labels: tuple[str, ...], value: float | None) -> None:
-    """Observe ``value`` if it is measurable; no series is created otherwise."""
-    if _measurable(value):
-        histogram.labels(*labels).observe(value)
 
 
 def error_kind(record: RequestRecord) -> str | None:
