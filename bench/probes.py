@@ -10,7 +10,7 @@ really took the routed path and had its usage read.
 import os
 import resource
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -25,6 +25,20 @@ def process_cpu_s(pid: int) -> float:
     fields = stat.rpartition(")")[2].split()
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     return (utime + stime) / CLOCK_TICKS_PER_S
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and of its live descendants (a sidecar and its workers)."""
+    return sum(process_cpu_s(member) for member in _tree(pid))
+
+
+def _tree(pid: int) -> list[int]:
+    members = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        for child in children:
+            members += _tree(int(child))
+    return members
 
 
 def children_cpu_s() -> float:
@@ -84,11 +98,12 @@ SIDECAR_COUNTERS: Final = {
 """The counters :func:`sidecar_counters` reads, by the name the results use."""
 
 
-def sidecar_counters(metrics_url: str) -> dict[str, float]:
-    """The :data:`SIDECAR_COUNTERS` now, from the sidecar's Prometheus scrape."""
-    with urllib.request.urlopen(metrics_url, timeout=5) as response:
-        text = response.read().decode()
-    samples = list(_samples(text))
+def sidecar_counters(metrics_urls: Sequence[str]) -> dict[str, float]:
+    """The :data:`SIDECAR_COUNTERS` now, summed over the scrapes of every worker."""
+    samples = []
+    for url in metrics_urls:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            samples += list(_samples(response.read().decode()))
     return {
         name: sum(value for family, labels, value in samples if _matches(counter, family, labels))
         for name, counter in SIDECAR_COUNTERS.items()

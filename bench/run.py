@@ -41,6 +41,7 @@ from bench.probes import (
     counters_since,
     machine_cpu,
     process_cpu_s,
+    process_tree_cpu_s,
     sidecar_counters,
 )
 from bench.report import (
@@ -52,7 +53,7 @@ from bench.report import (
     write_json,
 )
 from bench.setups import PROMPT_TOKENS, SETUPS, Setup
-from bench.stack import FRONT_URL, SIDECAR_METRICS_URL, BenchError, BenchStack, Pids
+from bench.stack import FRONT_URL, BenchError, BenchStack, Pids
 from sidecar_demo.stack import StackError
 
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -75,6 +76,7 @@ class Options:
     sample_ratio: float
     out_dir: Path
     log_dir: Path
+    workers: int = 1
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
@@ -99,6 +101,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
     parser.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where results go")
     parser.add_argument("--log-dir", type=Path, default=BENCH_DIR / "logs", help="process logs")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="sidecar worker processes (serve --workers; above 1 they share a TCP port)",
+    )
     args = parser.parse_args(argv)
     if args.duration < 1 or args.warmup < 0 or min(args.concurrency) < 1 or args.threads < 1:
         parser.error("--duration must be >= 1, --warmup >= 0, --concurrency and --threads >= 1")
@@ -111,6 +119,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         sample_ratio=args.sample_ratio,
         out_dir=args.out_dir,
         log_dir=args.log_dir,
+        workers=args.workers,
     )
 
 
@@ -167,7 +176,8 @@ def run_benchmark(options: Options) -> tuple[list[Record], dict[str, str], list[
     sink.start()
     records: list[Record] = []
     try:
-        with BenchStack(REPO, options.log_dir, _telemetry_env(sink.endpoint, options)) as stack:
+        env = _telemetry_env(sink.endpoint, options)
+        with BenchStack(REPO, options.log_dir, env, options.workers) as stack:
             for setup in options.setups:
                 print(f"  check {_smoke_test(setup)}", flush=True)
             for concurrency in options.concurrencies:
@@ -175,7 +185,7 @@ def run_benchmark(options: Options) -> tuple[list[Record], dict[str, str], list[
                     record = _measure(stack, setup, loads[setup.name], concurrency, options)
                     records.append(record)
                     print(f"  [{len(records)}/{runs}] {_progress(record)}", flush=True)
-            totals = sidecar_counters(SIDECAR_METRICS_URL)
+            totals = sidecar_counters(stack.metrics_urls())
         # The sidecar has stopped, so its last spans are flushed to the sink.
         notes = _notes(options, sink, int(totals["requests"]))
     finally:
@@ -203,13 +213,13 @@ def _measure(
         run_wrk(load, concurrency, options.threads, options.warmup_s)
         time.sleep(_SETTLE_S)
     pids = stack.pids()
-    counters_before = sidecar_counters(SIDECAR_METRICS_URL)
+    counters_before = sidecar_counters(stack.metrics_urls())
     before = _CpuSnapshot.take(pids)
     result = run_wrk(load, concurrency, options.threads, options.duration_s)
     after = _CpuSnapshot.take(pids)
     time.sleep(_SETTLE_S)
     stack.check_alive()
-    counters = counters_since(sidecar_counters(SIDECAR_METRICS_URL), counters_before)
+    counters = counters_since(sidecar_counters(stack.metrics_urls()), counters_before)
     counters["usage_read"] = counters["input_tokens"] // PROMPT_TOKENS
 
     def per_request_us(seconds: float) -> float:
@@ -255,7 +265,7 @@ class _CpuSnapshot:
     def take(cls, pids: Pids) -> "_CpuSnapshot":
         return cls(
             envoy=process_cpu_s(pids.envoy),
-            sidecar=process_cpu_s(pids.sidecar),
+            sidecar=process_tree_cpu_s(pids.sidecar),
             upstream=process_cpu_s(pids.upstream),
             wrk=children_cpu_s(),
             machine=machine_cpu(),
@@ -407,7 +417,13 @@ def _machine(options: Options) -> dict[str, str]:
         "runs": (
             f"{options.warmup_s:g} s warm-up, then {options.duration_s:g} s measured, per setup "
             f"and concurrency; wrk --threads {options.threads}; front Envoy --concurrency 2 "
-            "(as `make run`), fake upstream Envoy --concurrency 1"
+            "(as `make run`), fake upstream Envoy --concurrency 1; "
+            + (
+                "one sidecar process on the abstract Unix socket (as `make run`)"
+                if options.workers == 1
+                else f"{options.workers} sidecar worker processes on TCP "
+                "127.0.0.1:19100 (serve --workers, SO_REUSEPORT)"
+            )
         ),
     }
 

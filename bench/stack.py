@@ -15,6 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+import yaml
+
 from sidecar_demo.specs import DEMO_FLEET
 from sidecar_demo.stack import (
     ENVOY_LISTENER,
@@ -30,7 +32,11 @@ UPSTREAM_PORTS: Final = tuple(spec.port for spec in DEMO_FLEET)
 """Where ``envoy/envoy.yaml`` sends its clusters (18000-18006)."""
 
 FRONT_URL: Final = f"http://{ENVOY_LISTENER[0]}:{ENVOY_LISTENER[1]}"
-SIDECAR_METRICS_URL: Final = f"http://{SIDECAR_ADMIN[0]}:{SIDECAR_ADMIN[1]}/metrics"
+WORKERS_LISTEN: Final = ("127.0.0.1", 19100)
+"""Where sidecar workers listen together (``serve --workers``): a TCP port they share."""
+WORKER_STREAMS_PER_CONNECTION: Final = 4
+"""Envoy opens another HTTP/2 connection to the workers past this many streams on one,
+so that the kernel (SO_REUSEPORT) spreads connections, hence streams, over the workers."""
 
 
 class BenchError(RuntimeError):
@@ -53,8 +59,9 @@ class BenchStack:
     after an error or Ctrl-C.
     """
 
-    def __init__(self, repo: Path, log_dir: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, repo: Path, log_dir: Path, env: Mapping[str, str], workers: int = 1) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
+        self.workers = workers
         demo = DemoStack(
             StackLayout(
                 policy=repo / "examples" / "policy.yaml",
@@ -65,6 +72,8 @@ class BenchStack:
         )
         self.sidecar = demo.sidecar
         self.envoy = demo.envoy
+        if workers > 1:
+            self._use_workers(repo, log_dir, workers)
         self.upstream = ManagedProcess(
             "upstream envoy",
             [
@@ -110,6 +119,24 @@ class BenchStack:
         for part in reversed(self._parts):
             part.stop()
 
+    def _use_workers(self, repo: Path, log_dir: Path, workers: int) -> None:
+        """The sidecar as ``workers`` processes on one TCP port, and Envoy pointed at it."""
+        host, port = WORKERS_LISTEN
+        argv = list(self.sidecar.argv)
+        argv[argv.index("--listen") + 1] = f"{host}:{port}"
+        self.sidecar.argv = [*argv, "--workers", str(workers)]
+        config = render_tcp_sidecar_config(
+            repo / "envoy" / "envoy.yaml", log_dir / "envoy-workers.yaml", host, port
+        )
+        envoy_argv = list(self.envoy.argv)
+        envoy_argv[envoy_argv.index("-c") + 1] = str(config)
+        self.envoy.argv = envoy_argv
+
+    def metrics_urls(self) -> list[str]:
+        """The Prometheus scrape of every worker (one admin port each)."""
+        host, port = SIDECAR_ADMIN
+        return [f"http://{host}:{port + index}/metrics" for index in range(self.workers)]
+
     def pids(self) -> Pids:
         envoy, sidecar, upstream = self.envoy.pid, self.sidecar.pid, self.upstream.pid
         if envoy is None or sidecar is None or upstream is None:
@@ -125,3 +152,25 @@ class BenchStack:
         ]
         if dead:
             raise BenchError(f"exited during the benchmark: {', '.join(dead)}")
+
+
+def render_tcp_sidecar_config(template: Path, target: Path, host: str, port: int) -> Path:
+    """``template`` with the ``ai_sidecar`` cluster on TCP ``host:port`` instead of its pipe.
+
+    Written without the template's comments (a parsed and dumped copy). The cluster also
+    caps streams per HTTP/2 connection, so Envoy opens several connections under load.
+    """
+    tree = yaml.safe_load(template.read_text())
+    clusters = tree["static_resources"]["clusters"]
+    (cluster,) = [c for c in clusters if c["name"] == "ai_sidecar"]
+    (locality,) = cluster["load_assignment"]["endpoints"]
+    (endpoint,) = locality["lb_endpoints"]
+    endpoint["endpoint"]["address"] = {"socket_address": {"address": host, "port_value": port}}
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    options["explicit_http_config"]["http2_protocol_options"] = {
+        "max_concurrent_streams": WORKER_STREAMS_PER_CONNECTION
+    }
+    target.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return target

@@ -46,6 +46,7 @@ from sidecar.state.guarded import GuardedStore
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.sinks import Telemetry
 from sidecar.telemetry.tracing import Tracing
+from sidecar.workers import WorkersError, check_address, supervise, worker_admin
 
 DEFAULT_LISTEN = "unix-abstract:ai-sidecar"
 DEFAULT_ADMIN = "127.0.0.1:9902"
@@ -58,6 +59,7 @@ log = logging.getLogger("sidecar")
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command named on the command line; return the process exit code."""
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     handler = {
         "serve": _serve_command,
         "check": _check_command,
@@ -96,6 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--grace", type=float, default=10.0, help="seconds open streams get on shutdown (10)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="sidecar processes sharing a TCP --listen address with SO_REUSEPORT (1)",
+    )
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
     check = commands.add_parser("check", help="validate a policy file without serving")
     check.add_argument("policy", type=Path)
@@ -217,12 +226,22 @@ class _ServeOptions:
     admin: str | None
     grace_s: float
     decision_log: str = "info"
+    worker_index: int | None = None
 
 
 def _serve_command(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     admin = None if args.admin == "off" else args.admin
-    options = _ServeOptions(args.policy, args.listen, admin, args.grace, args.decision_log)
+    try:
+        check_address(args.listen, args.workers)
+    except WorkersError as error:
+        print(f"serve: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.worker_index is not None:
+        admin = worker_admin(admin, args.worker_index)
+    options = _ServeOptions(
+        args.policy, args.listen, admin, args.grace, args.decision_log, args.worker_index
+    )
     try:
         policy = load_policy(options.policy_path)
         credentials = resolve_credentials(policy, os.environ, str(options.policy_path))
@@ -237,6 +256,14 @@ def _serve_command(args: argparse.Namespace) -> int:
     except StoreConfigError as error:
         print(f"{options.policy_path}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.workers > 1 and args.worker_index is None:
+        return supervise(args.argv, args.workers)
+    if args.worker_index is not None and policy.budgets and not policy.store.shared:
+        log.warning(
+            "each worker counts budgets and rate limits alone: use state.store redis to "
+            "share them between workers",
+            extra={"worker": args.worker_index},
+        )
     try:
         asyncio.run(_serve(options, active))
     except (OSError, RuntimeError) as error:
@@ -253,7 +280,12 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
     runtime = RoutingRuntime(active, MonotonicClock(), Accounting(store))
     telemetry = _telemetry(options, active, runtime, streams)
     service = ExternalProcessorService(lambda: runtime, streams, attempts, telemetry)
-    grpc_server = GrpcServer(service, options.listen, active.policy.max_body_bytes)
+    grpc_server = GrpcServer(
+        service,
+        options.listen,
+        active.policy.max_body_bytes,
+        share_port=options.worker_index is not None,
+    )
     serving = False
 
     def state_view() -> dict[str, Any]:
@@ -302,6 +334,7 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
             "admin": options.admin,
             "policy": active.policy.digest,
             "store": describe_store(active.policy.store, os.environ),
+            "worker": options.worker_index,
         },
     )
     await _wait_for_stop_signal()

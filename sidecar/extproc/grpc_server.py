@@ -18,15 +18,24 @@ class GrpcServer:
     """The sidecar's gRPC server: ext_proc plus the standard health service.
 
     ``address`` is a gRPC bind address: ``host:port``, ``unix:/path`` or
-    ``unix-abstract:name``.
+    ``unix-abstract:name``. A TCP port is bound with ``SO_REUSEPORT`` only when
+    ``share_port`` is set (workers of one sidecar); otherwise a port another process
+    listens on is refused, as gRPC would otherwise share it silently.
     """
 
-    def __init__(self, service: ExternalProcessorService, address: str, max_body_bytes: int):
+    def __init__(
+        self,
+        service: ExternalProcessorService,
+        address: str,
+        max_body_bytes: int,
+        share_port: bool = False,
+    ):
         limit = max(max_body_bytes + _EXTRA_MESSAGE_BYTES, _MIN_MESSAGE_BYTES)
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 1 if share_port else 0),
             ]
         )
         self._health = health_aio.HealthServicer()
