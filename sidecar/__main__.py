@@ -320,6 +320,7 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
         _admin_token(),
         telemetry.metrics,
         lambda: runtime.accounting.view(active.policy),
+        _RuntimeFlags(runtime),
     )
     admin_runner = await _start_admin(options.admin, admin_app)
     reconciler = asyncio.create_task(
@@ -376,12 +377,30 @@ def _telemetry(
     runtime.transition_listeners.append(
         lambda t: metrics.breaker_transition(t.cluster, t.old.value, t.new.value)
     )
+    runtime.flag_listeners.append(lambda c: metrics.flag_changed(c.flag, c.on, c.source))
+    metrics.set_flag_states(runtime.fleet.flags.snapshot)
     level = (
         None
         if options.decision_log == "off"
         else logging.getLevelName(options.decision_log.upper())
     )
     return Telemetry(tracing, metrics, level)
+
+
+class _RuntimeFlags:
+    """The admin API's view of the running policy's flags."""
+
+    def __init__(self, runtime: RoutingRuntime) -> None:
+        self._runtime = runtime
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._runtime.fleet.flags.snapshot()
+
+    def names(self) -> frozenset[str]:
+        return frozenset(self._runtime.active.policy.flags)
+
+    def set(self, name: str, on: bool, actor: str, reason: str, source: str) -> None:
+        self._runtime.set_flag(name, on, actor, reason, source)
 
 
 def _admin_token() -> Secret | None:

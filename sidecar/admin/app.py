@@ -3,7 +3,9 @@
 Read-only: ``/healthz`` answers while the process runs; ``/readyz`` only while the
 gRPC server accepts streams; ``/state`` shows the active policy and live state,
 budgets and spend included; ``/metrics`` is the Prometheus exposition.
-Mutating: ``POST /queues/{model}/drain`` hands parked requests to an operator. Every
+Mutating: ``POST /queues/{model}/drain`` hands parked requests to an operator;
+``POST /flags/{name}`` and ``POST /alerts/alertmanager`` switch feature flags (see
+:mod:`sidecar.admin.flags`); ``GET /flags`` lists them. Every
 mutating call needs ``Authorization: Bearer <token>`` with the token the sidecar was
 started with; without a configured token, mutating calls are refused.
 """
@@ -14,6 +16,14 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from sidecar.admin.flags import (
+    BadCallError,
+    FlagControl,
+    Switch,
+    apply,
+    parse_alertmanager,
+    parse_flag_call,
+)
 from sidecar.domain.secret import Secret
 
 StateView = Callable[[], Mapping[str, Any]]
@@ -26,6 +36,7 @@ _IS_READY = web.AppKey[ReadinessCheck]("is_ready")
 _DRAIN = web.AppKey[QueueDrain]("drain")
 _TOKEN = web.AppKey[Secret | None]("token")
 _ACCOUNTING = web.AppKey[AccountingView | None]("accounting")
+_FLAGS = web.AppKey[FlagControl | None]("flags")
 _MAX_DRAIN = 1000
 
 
@@ -45,6 +56,7 @@ def build_admin_app(
     token: Secret | None,
     metrics: MetricsSource | None = None,
     accounting_view: AccountingView | None = None,
+    flags: FlagControl | None = None,
 ) -> web.Application:
     """The admin application, reading live state through ``state_view``.
 
@@ -53,6 +65,7 @@ def build_admin_app(
     """
     app = web.Application()
     app[_ACCOUNTING] = accounting_view
+    app[_FLAGS] = flags
     app[_METRICS] = metrics
     app[_STATE_VIEW] = state_view
     app[_IS_READY] = is_ready
@@ -63,6 +76,9 @@ def build_admin_app(
     app.router.add_get("/state", _state)
     app.router.add_get("/metrics", _metrics)
     app.router.add_post("/queues/{model}/drain", _drain_queue)
+    app.router.add_get("/flags", _list_flags)
+    app.router.add_post("/flags/{name}", _switch_flag)
+    app.router.add_post("/alerts/alertmanager", _alertmanager)
     return app
 
 
@@ -105,6 +121,42 @@ async def _drain_queue(request: web.Request) -> web.Response:
     if drained is None:
         return _error(404, f"model '{request.match_info['model']}' has no queue")
     return web.json_response({"requests": drained})
+
+
+async def _list_flags(request: web.Request) -> web.Response:
+    control = request.app[_FLAGS]
+    return web.json_response({"flags": dict(control.snapshot()) if control else {}})
+
+
+async def _switch_flag(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    return await _switch(request, lambda payload: [parse_flag_call(name, payload)], "api")
+
+
+async def _alertmanager(request: web.Request) -> web.Response:
+    return await _switch(request, parse_alertmanager, "webhook")
+
+
+async def _switch(
+    request: web.Request, parse: Callable[[Any], list[Switch]], source: str
+) -> web.Response:
+    """Authorize, parse and apply flag switches; nothing changes unless all are valid."""
+    refusal = _refuse_unauthorized(request)
+    if refusal is not None:
+        return refusal
+    control = request.app[_FLAGS]
+    if control is None:
+        return _error(404, "this sidecar has no flags")
+    try:
+        switches = parse(await request.json())
+    except ValueError as error:  # BadCallError, and JSON that does not parse
+        return _error(400, str(error) if isinstance(error, BadCallError) else "body is not JSON")
+    try:
+        apply(control, switches, source)
+    except LookupError as error:
+        return _error(404 if source == "api" else 422, str(error.args[0]))
+    names = sorted({switch.flag for switch in switches})
+    return web.json_response({"flags": {n: control.snapshot()[n] for n in names}})
 
 
 def _refuse_unauthorized(request: web.Request) -> web.Response | None:

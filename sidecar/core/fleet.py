@@ -13,7 +13,8 @@ from typing import Any
 
 from sidecar.core.breaker import Admission, CallResult, CircuitBreaker, Permit, Transition
 from sidecar.core.bulkhead import PoolSet
-from sidecar.domain.ids import ClusterName
+from sidecar.core.flags import FlagBoard
+from sidecar.domain.ids import ClusterName, ModelName, TierName
 from sidecar.domain.policy import Policy
 
 RECENT_TRANSITIONS = 100
@@ -37,6 +38,7 @@ class Fleet:
         self._limits = {name: spec.max_concurrent for name, spec in policy.clusters.items()}
         self._in_flight = dict.fromkeys(policy.clusters, 0)
         self.pools = PoolSet(list(policy.pools))
+        self.flags = FlagBoard(policy.flags)
         self.recent_transitions: deque[Transition] = deque(maxlen=RECENT_TRANSITIONS)
 
     def breaker_admits(self, cluster: ClusterName, now: float) -> bool:
@@ -45,6 +47,12 @@ class Fleet:
     def cluster_full(self, cluster: ClusterName) -> bool:
         limit = self._limits[cluster]
         return limit is not None and self._in_flight[cluster] >= limit
+
+    def killed_by(self, cluster: ClusterName) -> str | None:
+        return self.flags.killed_by(cluster)
+
+    def downgraded_by(self, tier: TierName, model: ModelName) -> str | None:
+        return self.flags.downgraded_by(tier, model)
 
     def start_call(self, cluster: ClusterName, now: float) -> CallStarted:
         """Take the breaker's permit and count the call in flight."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from sidecar.core.pipeline import Candidate, FleetView, PipelineRequest, apply_filters
 from sidecar.core.pipeline.filters import DEFAULT_FILTERS
 from sidecar.domain.api import Endpoint
-from sidecar.domain.ids import ClusterName, ModelName
+from sidecar.domain.ids import ClusterName, ModelName, TierName
 from sidecar.domain.outcome import (
     Decision,
     Rejection,
@@ -42,7 +42,8 @@ class RouteRequest:
     """The facts about a request that routing depends on.
 
     ``downgrade_reason`` set: the chain's primary is passed over (a budget is under
-    pressure), for that reason, when the chain has a cluster after it.
+    pressure), for that reason, when the chain has a cluster after it. A flag that is
+    on may pass it over too (``force_fallback``, ``downgrade_tiers``).
     """
 
     tenant: TenantSpec
@@ -83,8 +84,9 @@ def route(
         Candidate(policy.clusters[name], depth) for depth, name in enumerate(route_spec.chain)
     ]
     passed_over: tuple[tuple[ClusterName, str], ...] = ()
-    if request.downgrade_reason is not None and len(candidates) > 1:
-        passed_over = ((candidates[0].cluster.name, request.downgrade_reason),)
+    downgrade = request.downgrade_reason or _flag_downgrade(fleet, request.tenant.tier, model)
+    if downgrade is not None and len(candidates) > 1:
+        passed_over = ((candidates[0].cluster.name, downgrade),)
         candidates = candidates[1:]
     filtered = apply_filters(
         candidates, DEFAULT_FILTERS, PipelineRequest(request.endpoint, now), fleet
@@ -109,6 +111,11 @@ def route(
         chain_rest=route_spec.chain[chosen.depth :],
         hops=_usable_run(filtered.remaining),
     )
+
+
+def _flag_downgrade(fleet: FleetView, tier: TierName, model: ModelName) -> str | None:
+    flag = fleet.downgraded_by(tier, model)
+    return f"passed over by flag '{flag}'" if flag is not None else None
 
 
 def _usable_run(remaining: tuple[Candidate, ...]) -> int:

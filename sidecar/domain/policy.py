@@ -16,6 +16,7 @@ from sidecar.domain.accounting import (
     StoreSpec,
 )
 from sidecar.domain.api import Provider
+from sidecar.domain.flags import FlagSpec
 from sidecar.domain.ids import ClusterName, ModelName, TenantId, TierName
 from sidecar.domain.resilience import BreakerConfig, PoolConfig
 
@@ -183,6 +184,7 @@ class Policy:
     jobs: JobsSpec | None = None
     store: StoreSpec = field(default_factory=StoreSpec)
     assumed_max_tokens: int = DEFAULT_ASSUMED_MAX_TOKENS
+    flags: Mapping[str, FlagSpec] = field(default_factory=dict)
 
     def rate_limit_of(self, tenant: TenantSpec) -> RateLimitSpec | None:
         """The tenant's own rate limit, else its tier's, else None."""

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from sidecar.core.breaker import CallResult, Permit, Transition
 from sidecar.core.bulkhead import Ask, Slot, Verdict
 from sidecar.core.clock import Clock
 from sidecar.core.degraded_queue import DegradedQueue
+from sidecar.core.flags import FlagChange
 from sidecar.core.fleet import Fleet
 from sidecar.core.router import ActivePolicy, RouteRequest, Unavailable, route
 from sidecar.domain.ids import ClusterName, ModelName
@@ -55,10 +57,16 @@ class RoutingRuntime:
     """Live state for one active policy, and the waiting around it."""
 
     def __init__(
-        self, active: ActivePolicy, clock: Clock, accounting: Accounting | None = None
+        self,
+        active: ActivePolicy,
+        clock: Clock,
+        accounting: Accounting | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.active = active
         self.clock = clock
+        self.wall_clock = wall_clock
+        self.flag_listeners: list[Callable[[FlagChange], None]] = []
         self.accounting = accounting if accounting is not None else Accounting(MemoryStore())
         self.transition_listeners: list[Callable[[Transition], None]] = []
         self.fleet = Fleet(active.policy)
@@ -214,6 +222,26 @@ class RoutingRuntime:
     def cache_for(self, model: ModelName) -> AnswerCache | None:
         return self.caches.get(model)
 
+    def set_flag(
+        self, name: str, on: bool, actor: str, reason: str, source: str = "api"
+    ) -> FlagChange:
+        """Switch a flag (``UnknownFlagError`` if none has that name), logged with who and why.
+
+        The change also goes to every flag listener (the metrics).
+        """
+        change = self.fleet.flags.set(name, on, actor, reason, self.wall_clock(), source)
+        log.warning(
+            "flag %s switched %s by %s: %s",
+            name,
+            "on" if on else "off",
+            actor,
+            reason,
+            extra={"flag": name, "on": on, "was_on": change.was_on, "source": source},
+        )
+        for listener in self.flag_listeners:
+            listener(change)
+        return change
+
     def cost_cache_for(self, model: ModelName) -> AnswerCache | None:
         return self.cost_caches.get(model)
 
@@ -235,6 +263,7 @@ class RoutingRuntime:
             }
             for name, cache in self.cost_caches.items()
         }
+        state["flags"] = self.fleet.flags.snapshot()
         state["failover_calls"] = len(self._failovers)
         state["degraded_queues"] = {
             name: {"queued": len(queue), "capacity": queue.capacity}

@@ -42,6 +42,7 @@ from sidecar.policy.accounting_compiler import (
     build_rate_limit,
     build_store,
 )
+from sidecar.policy.flags_compiler import build_flags, flag_problems
 from sidecar.policy.yaml_source import FieldPath
 
 _KEY_DIGEST_PREFIX = "sha256:"
@@ -85,6 +86,7 @@ def _reference_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
     yield from _resilience_problems(message)
     yield from _header_problems(message)
     yield from accounting_problems(message)
+    yield from flag_problems(message)
 
 
 def _is_json(text: str) -> bool:
@@ -232,6 +234,7 @@ def _build(message: Any, digest: str) -> Policy:
         jobs=build_jobs(message),
         store=build_store(message),
         assumed_max_tokens=message.limits.assumed_max_tokens or DEFAULT_ASSUMED_MAX_TOKENS,
+        flags=build_flags(message),
     )
 
 

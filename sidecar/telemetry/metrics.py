@@ -123,6 +123,11 @@ class Metrics:
             "Circuit breaker state changes.",
             ("cluster", "from_state", "to_state"),
         )
+        self._flag_changes = self._counter(
+            "ai_sidecar_flag_changes_total",
+            "Feature flag switches, by flag, new state and source (api, webhook).",
+            ("flag", "state", "source"),
+        )
         self.registry.register(self._live)
 
     def _counter(self, name: str, doc: str, labels: tuple[str, ...]) -> Counter:
@@ -230,6 +235,14 @@ class Metrics:
             _bounded(cluster, self._clusters), _breaker_state(old), _breaker_state(new)
         ).inc()
 
+    def flag_changed(self, flag: str, on: bool, source: str) -> None:
+        """Count a flag switch (flag names come from the policy)."""
+        self._flag_changes.labels(flag, "on" if on else "off", source).inc()
+
+    def set_flag_states(self, states: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
+        """Read each flag's state (``FlagBoard.snapshot``) at each scrape."""
+        self._live.flag_states = states
+
     def set_live_state(self, snapshot: Callable[[], Mapping[str, Any]]) -> None:
         """Read breakers, in-flight calls and pools from ``snapshot()`` at each scrape.
 
@@ -300,12 +313,14 @@ class _LiveStateCollector(Collector):
         self.snapshot: Callable[[], Mapping[str, Any]] | None = None
         self.tracing_stats: Callable[[], Mapping[str, int]] | None = None
         self.stream_count: Callable[[], int] | None = None
+        self.flag_states: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
 
     def describe(self) -> Iterable[Metric]:
         return [
             *_state_families({}),
             _streams_family(0),
             *_tracing_families({}),
+            _flags_family({}),
         ]
 
     def collect(self) -> Iterable[Metric]:
@@ -316,6 +331,9 @@ class _LiveStateCollector(Collector):
             yield from _guarded("stream count", lambda: [_streams_family(count())])
         if stats is not None:
             yield from _guarded("tracing stats", lambda: _tracing_families(stats()))
+        flags = self.flag_states
+        if flags is not None:
+            yield from _guarded("flags", lambda: [_flags_family(flags())])
 
 
 def _guarded(what: str, families: Callable[[], Iterable[Metric]]) -> Iterator[Metric]:
@@ -368,3 +386,10 @@ def _tracing_families(stats: Mapping[str, int]) -> list[Metric]:
         CounterMetricFamily(f"ai_sidecar_{key}_total", doc, value=stats.get(key, 0))
         for key, doc in _TRACING_COUNTERS
     ]
+
+
+def _flags_family(states: Mapping[str, Mapping[str, Any]]) -> Metric:
+    family = _gauge("ai_sidecar_flag_on", "1 while the feature flag is on, else 0.", "flag")
+    for name, state in states.items():
+        family.add_metric((str(name),), 1.0 if state.get("on") else 0.0)
+    return family

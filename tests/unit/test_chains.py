@@ -72,6 +72,12 @@ class Fleet:
     def cluster_full(self, cluster: ClusterName) -> bool:
         return cluster in self.full
 
+    def killed_by(self, cluster: ClusterName) -> str | None:
+        return None
+
+    def downgraded_by(self, tier: str, model: str) -> str | None:
+        return None
+
 
 def _decide(
     active: ActivePolicy, fleet: Fleet, endpoint: Endpoint = Endpoint.OPENAI_CHAT

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sidecar.domain.api import Endpoint
-from sidecar.domain.ids import ClusterName
+from sidecar.domain.ids import ClusterName, ModelName, TierName
 from sidecar.domain.policy import ClusterSpec
 
 
@@ -37,6 +37,10 @@ class FleetView(Protocol):
     def breaker_admits(self, cluster: ClusterName, now: float) -> bool: ...
 
     def cluster_full(self, cluster: ClusterName) -> bool: ...
+
+    def killed_by(self, cluster: ClusterName) -> str | None: ...
+
+    def downgraded_by(self, tier: TierName, model: ModelName) -> str | None: ...
 
 
 class CandidateFilter(Protocol):
