@@ -27,6 +27,7 @@ from sidecar.core.router import ActivePolicy
 from sidecar.domain.ids import ModelName
 from sidecar.domain.secret import Secret
 from sidecar.engine.accounting import Accounting
+from sidecar.engine.reload import PolicyReloader, ReloadResult, RuntimeHolder
 from sidecar.engine.runtime import RoutingRuntime
 from sidecar.extproc.grpc_server import GrpcServer
 from sidecar.extproc.server import ExternalProcessorService, StreamRegistry
@@ -105,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
         help="sidecar processes sharing a TCP --listen address with SO_REUSEPORT (1)",
     )
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--watch",
+        type=float,
+        default=1.0,
+        help="seconds between checks of the policy file for changes; 0: only SIGHUP (1)",
+    )
 
     check = commands.add_parser("check", help="validate a policy file without serving")
     check.add_argument("policy", type=Path)
@@ -227,6 +234,7 @@ class _ServeOptions:
     grace_s: float
     decision_log: str = "info"
     worker_index: int | None = None
+    watch_s: float = 1.0
 
 
 def _serve_command(args: argparse.Namespace) -> int:
@@ -240,7 +248,13 @@ def _serve_command(args: argparse.Namespace) -> int:
     if args.worker_index is not None:
         admin = worker_admin(admin, args.worker_index)
     options = _ServeOptions(
-        args.policy, args.listen, admin, args.grace, args.decision_log, args.worker_index
+        args.policy,
+        args.listen,
+        admin,
+        args.grace,
+        args.decision_log,
+        args.worker_index,
+        args.watch,
     )
     try:
         policy = load_policy(options.policy_path)
@@ -277,9 +291,13 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
     streams = StreamRegistry()
     attempts = StreamRegistry()
     store = build_store(active.policy.store, os.environ)
-    runtime = RoutingRuntime(active, MonotonicClock(), Accounting(store))
-    telemetry = _telemetry(options, active, runtime, streams)
-    service = ExternalProcessorService(lambda: runtime, streams, attempts, telemetry)
+    holder = RuntimeHolder(RoutingRuntime(active, MonotonicClock(), Accounting(store)))
+    telemetry = _telemetry(options, active, holder, streams)
+    reloader = PolicyReloader(options.policy_path, os.environ, holder)
+    if telemetry.metrics is not None:
+        metrics = telemetry.metrics
+        reloader.listeners.append(lambda result: _count_reload(metrics, holder, result))
+    service = ExternalProcessorService(lambda: holder.current, streams, attempts, telemetry)
     grpc_server = GrpcServer(
         service,
         options.listen,
@@ -289,43 +307,33 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
     serving = False
 
     def state_view() -> dict[str, Any]:
+        runtime = holder.current
+        policy = {"digest": runtime.active.policy.digest, "file": str(options.policy_path)}
         return {
             "version": __version__,
-            "policy": {"digest": active.policy.digest, "file": str(options.policy_path)},
+            "policy": policy,
             "streams": streams.snapshot(),
             "upstream_attempts": attempts.snapshot(),
             **runtime.snapshot(),
         }
 
-    def drain(model: str, limit: int) -> list[dict[str, Any]] | None:
-        queue = runtime.queue_for(ModelName(model))
-        if queue is None:
-            return None
-        return [
-            {
-                "id": item.request_id,
-                "tenant": item.tenant,
-                "model": item.model,
-                "path": item.path,
-                "body": item.body,
-                "queued_at_s_ago": round(runtime.clock.now() - item.queued_at, 3),
-            }
-            for item in queue.drain(limit)
-        ]
-
     admin_app = build_admin_app(
         state_view,
         lambda: serving,
-        drain,
+        lambda model, limit: _drain(holder.current, model, limit),
         _admin_token(),
         telemetry.metrics,
-        lambda: runtime.accounting.view(active.policy),
-        _RuntimeFlags(runtime),
+        lambda: holder.current.accounting.view(holder.current.active.policy),
+        _RuntimeFlags(holder),
+        lambda trigger: reloader.reload(trigger).as_dict(),
     )
     admin_runner = await _start_admin(options.admin, admin_app)
-    reconciler = asyncio.create_task(
-        keep_reconciling(store, active.policy.store.retry_shared_after_s)
-    )
+    background = [
+        asyncio.create_task(keep_reconciling(store, active.policy.store.retry_shared_after_s)),
+    ]
+    if options.watch_s > 0:
+        background.append(asyncio.create_task(reloader.watch(options.watch_s)))
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: reloader.reload("SIGHUP"))
     await grpc_server.start()
     serving = True
     log.info(
@@ -342,43 +350,62 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
     serving = False
     log.info("stopping", extra={"grace_s": options.grace_s, "open_streams": streams.active})
     await grpc_server.stop(options.grace_s)
-    await runtime.accounting.drain(options.grace_s)
-    reconciler.cancel()
+    await holder.current.accounting.drain(options.grace_s)
+    for task in background:
+        task.cancel()
     await store.close()
     if admin_runner is not None:
         await admin_runner.cleanup()
     await asyncio.to_thread(telemetry.tracing.shutdown)
 
 
+def _drain(runtime: RoutingRuntime, model: str, limit: int) -> list[dict[str, Any]] | None:
+    queue = runtime.queue_for(ModelName(model))
+    if queue is None:
+        return None
+    return [
+        {
+            "id": item.request_id,
+            "tenant": item.tenant,
+            "model": item.model,
+            "path": item.path,
+            "body": item.body,
+            "queued_at_s_ago": round(runtime.clock.now() - item.queued_at, 3),
+        }
+        for item in queue.drain(limit)
+    ]
+
+
+def _count_reload(metrics: Metrics, holder: RuntimeHolder, result: ReloadResult) -> None:
+    metrics.policy_reloaded(result.result)
+    if result.result == "applied":
+        metrics.learn_policy(holder.current.active.policy)
+
+
 def _telemetry(
     options: _ServeOptions,
     active: ActivePolicy,
-    runtime: RoutingRuntime,
+    holder: RuntimeHolder,
     streams: StreamRegistry,
 ) -> Telemetry:
     """Tracing from the standard OTEL_* environment, metrics for /metrics, decision logs."""
     policy = active.policy
     tracing = Tracing.from_environment(os.environ, __version__)
-    metrics = Metrics(
-        policy.models,
-        policy.clusters,
-        policy.tiers,
-        known_tenants=policy.tenants,
-        known_teams={t.team for t in policy.tenants.values() if t.team is not None},
-        known_budgets=[budget.name for budget in policy.budgets],
-    )
+    metrics = Metrics(policy.models, policy.clusters, policy.tiers)
+    metrics.learn_policy(policy)
+    runtime = holder.current
     store = runtime.accounting.store
     if isinstance(store, GuardedStore):
         guarded = store
         metrics.accounting.set_store_stats(lambda: dict(guarded.snapshot()))
-    metrics.set_live_state(lambda: runtime.fleet.snapshot(runtime.clock.now()))
+    metrics.set_live_state(lambda: holder.current.fleet.snapshot(runtime.clock.now()))
     metrics.set_tracing_stats(tracing.stats)
     metrics.set_stream_count(lambda: streams.active)
     runtime.transition_listeners.append(
         lambda t: metrics.breaker_transition(t.cluster, t.old.value, t.new.value)
     )
     runtime.flag_listeners.append(lambda c: metrics.flag_changed(c.flag, c.on, c.source))
-    metrics.set_flag_states(runtime.fleet.flags.snapshot)
+    metrics.set_flag_states(lambda: holder.current.fleet.flags.snapshot())
     level = (
         None
         if options.decision_log == "off"
@@ -390,17 +417,17 @@ def _telemetry(
 class _RuntimeFlags:
     """The admin API's view of the running policy's flags."""
 
-    def __init__(self, runtime: RoutingRuntime) -> None:
-        self._runtime = runtime
+    def __init__(self, holder: RuntimeHolder) -> None:
+        self._holder = holder
 
     def snapshot(self) -> dict[str, Any]:
-        return self._runtime.fleet.flags.snapshot()
+        return self._holder.current.fleet.flags.snapshot()
 
     def names(self) -> frozenset[str]:
-        return frozenset(self._runtime.active.policy.flags)
+        return frozenset(self._holder.current.active.policy.flags)
 
     def set(self, name: str, on: bool, actor: str, reason: str, source: str) -> None:
-        self._runtime.set_flag(name, on, actor, reason, source)
+        self._holder.current.set_flag(name, on, actor, reason, source)
 
 
 def _admin_token() -> Secret | None:

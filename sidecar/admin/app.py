@@ -5,7 +5,8 @@ gRPC server accepts streams; ``/state`` shows the active policy and live state,
 budgets and spend included; ``/metrics`` is the Prometheus exposition.
 Mutating: ``POST /queues/{model}/drain`` hands parked requests to an operator;
 ``POST /flags/{name}`` and ``POST /alerts/alertmanager`` switch feature flags (see
-:mod:`sidecar.admin.flags`); ``GET /flags`` lists them. Every
+:mod:`sidecar.admin.flags`); ``GET /flags`` lists them; ``POST /reload`` reads the
+policy file again (:mod:`sidecar.engine.reload`). Every
 mutating call needs ``Authorization: Bearer <token>`` with the token the sidecar was
 started with; without a configured token, mutating calls are refused.
 """
@@ -37,6 +38,8 @@ _DRAIN = web.AppKey[QueueDrain]("drain")
 _TOKEN = web.AppKey[Secret | None]("token")
 _ACCOUNTING = web.AppKey[AccountingView | None]("accounting")
 _FLAGS = web.AppKey[FlagControl | None]("flags")
+Reload = Callable[[str], Mapping[str, Any]]
+_RELOAD = web.AppKey[Reload | None]("reload")
 _MAX_DRAIN = 1000
 
 
@@ -57,6 +60,7 @@ def build_admin_app(
     metrics: MetricsSource | None = None,
     accounting_view: AccountingView | None = None,
     flags: FlagControl | None = None,
+    reload: Reload | None = None,
 ) -> web.Application:
     """The admin application, reading live state through ``state_view``.
 
@@ -66,6 +70,7 @@ def build_admin_app(
     app = web.Application()
     app[_ACCOUNTING] = accounting_view
     app[_FLAGS] = flags
+    app[_RELOAD] = reload
     app[_METRICS] = metrics
     app[_STATE_VIEW] = state_view
     app[_IS_READY] = is_ready
@@ -79,6 +84,7 @@ def build_admin_app(
     app.router.add_get("/flags", _list_flags)
     app.router.add_post("/flags/{name}", _switch_flag)
     app.router.add_post("/alerts/alertmanager", _alertmanager)
+    app.router.add_post("/reload", _reload)
     return app
 
 
@@ -157,6 +163,18 @@ async def _switch(
         return _error(404 if source == "api" else 422, str(error.args[0]))
     names = sorted({switch.flag for switch in switches})
     return web.json_response({"flags": {n: control.snapshot()[n] for n in names}})
+
+
+async def _reload(request: web.Request) -> web.Response:
+    """Read the policy file again now; 422 with its problems when it is refused."""
+    refusal = _refuse_unauthorized(request)
+    if refusal is not None:
+        return refusal
+    reload = request.app[_RELOAD]
+    if reload is None:
+        return _error(404, "reload is not available")
+    result = dict(reload("admin API"))
+    return web.json_response(result, status=422 if result["result"] == "refused" else 200)
 
 
 def _refuse_unauthorized(request: web.Request) -> web.Response | None:

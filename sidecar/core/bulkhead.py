@@ -76,6 +76,16 @@ class PoolSet:
     def __init__(self, configs: list[PoolConfig]) -> None:
         self._pools = {config.name: _PoolState(config) for config in configs}
 
+    def carry_over(self, earlier: "PoolSet") -> None:
+        """Keep ``earlier``'s state (slots held, waiters) of each pool whose settings stay.
+
+        A changed or new pool starts empty; slots held in the earlier one go back to it.
+        """
+        for name, state in self._pools.items():
+            kept = earlier._pools.get(name)
+            if kept is not None and kept.config == state.config:
+                self._pools[name] = kept
+
     def acquire(self, pool: str, ask: Ask) -> Outcome:
         """Grant, queue or shed ``ask`` in ``pool`` (or in its overflow pool)."""
         state = self._pools[pool]

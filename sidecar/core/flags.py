@@ -60,6 +60,13 @@ class FlagBoard:
         self._index()
         return change
 
+    def carry_over(self, earlier: "FlagBoard") -> None:
+        """Keep the state and last change of every flag that is still defined."""
+        for name in self._states:
+            if name in earlier._states:
+                self._states[name] = earlier._states[name]
+        self._index()
+
     def is_on(self, name: str) -> bool:
         return self._states[name].on
 

@@ -41,6 +41,25 @@ class Fleet:
         self.flags = FlagBoard(policy.flags)
         self.recent_transitions: deque[Transition] = deque(maxlen=RECENT_TRANSITIONS)
 
+    def carry_over(self, earlier: "Fleet") -> None:
+        """Take over ``earlier``'s live state, for a policy that replaces its policy.
+
+        A cluster that is still there with the same breaker settings keeps its breaker;
+        in-flight counts are shared, so calls started under the earlier policy still
+        count and still end in the count they started in; pools and flags carry over as
+        :meth:`PoolSet.carry_over` and :meth:`FlagBoard.carry_over` say.
+        """
+        for name, breaker in self.breakers.items():
+            kept = earlier.breakers.get(name)
+            if kept is not None and kept.config == breaker.config:
+                self.breakers[name] = kept
+        for name in self._in_flight:
+            earlier._in_flight.setdefault(name, 0)
+        self._in_flight = earlier._in_flight
+        self.pools.carry_over(earlier.pools)
+        self.flags.carry_over(earlier.flags)
+        self.recent_transitions = earlier.recent_transitions
+
     def breaker_admits(self, cluster: ClusterName, now: float) -> bool:
         return self.breakers[cluster].would_admit(now)
 

@@ -89,6 +89,31 @@ class RoutingRuntime:
             if spec.degraded is not None and spec.degraded.queue_max is not None
         }
 
+    def successor(self, active: ActivePolicy) -> "RoutingRuntime":
+        """The runtime of a policy that replaces this one, with the live state carried over.
+
+        Requests under way keep this runtime; new ones get the successor. They share what
+        both must see: tickets and waiters of the pools, failover calls, the accounting,
+        in-flight counts, and the breakers, pools, flags and caches that did not change
+        (:meth:`Fleet.carry_over`).
+        """
+        successor = RoutingRuntime(active, self.clock, self.accounting, self.wall_clock)
+        successor.fleet.carry_over(self.fleet)
+        successor._tickets, successor._waiters = self._tickets, self._waiters
+        successor._failovers = self._failovers
+        successor.transition_listeners = self.transition_listeners
+        successor.flag_listeners = self.flag_listeners
+        old_models, new_models = self.active.policy.models, active.policy.models
+        for name in successor.caches.keys() & self.caches.keys():
+            if new_models[name].answer_cache == old_models[name].answer_cache:
+                successor.caches[name] = self.caches[name]
+        for name in successor.cost_caches.keys() & self.cost_caches.keys():
+            if new_models[name].cost_cache == old_models[name].cost_cache:
+                successor.cost_caches[name] = self.cost_caches[name]
+        for name in successor.queues.keys() & self.queues.keys():
+            successor.queues[name] = self.queues[name]
+        return successor
+
     def new_ask(self, tenant: Any, priority: int) -> Ask:
         return Ask(next(self._tickets), tenant, priority)
 

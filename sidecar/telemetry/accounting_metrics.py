@@ -79,6 +79,19 @@ class AccountingMetrics:
         self._store = _StoreCollector()
         registry.register(self._store)
 
+    def learn(
+        self,
+        models: Iterable[str],
+        tenants: Iterable[str],
+        teams: Iterable[str],
+        budgets: Iterable[str],
+    ) -> None:
+        """Take a (new) policy's names as the label values to keep."""
+        self._models = frozenset(models)
+        self._tenants = frozenset(tenants)
+        self._teams = frozenset(teams)
+        self._budgets = frozenset(budgets)
+
     def observe(self, record: RequestRecord) -> None:
         """Count a finished request's spend, budget events and cost cache result."""
         tenant = _bounded(record.tenant, self._tenants)

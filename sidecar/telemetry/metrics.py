@@ -28,6 +28,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sidecar.domain.policy import Policy
 from sidecar.telemetry.accounting_metrics import AccountingMetrics
 from sidecar.telemetry.record import ERROR_OUTCOMES, OUTCOMES, UNKNOWN, RequestRecord
 
@@ -80,6 +81,8 @@ ERROR_CODES: Final = frozenset(
 )
 """Every error code the sidecar answers with."""
 
+RELOAD_RESULTS: Final = frozenset({"applied", "refused", "unchanged"})
+
 BREAKER_STATES: Final = {"closed": 0, "half_open": 1, "open": 2}
 """The breaker gauge's value for each state."""
 
@@ -122,6 +125,11 @@ class Metrics:
             "ai_sidecar_breaker_transitions_total",
             "Circuit breaker state changes.",
             ("cluster", "from_state", "to_state"),
+        )
+        self._reloads = self._counter(
+            "ai_sidecar_policy_reloads_total",
+            "Policy reloads, by result: applied, refused (the running policy stays), unchanged.",
+            ("result",),
         )
         self._flag_changes = self._counter(
             "ai_sidecar_flag_changes_total",
@@ -234,6 +242,22 @@ class Metrics:
         self._transitions.labels(
             _bounded(cluster, self._clusters), _breaker_state(old), _breaker_state(new)
         ).inc()
+
+    def learn_policy(self, policy: Policy) -> None:
+        """Take the names a (new) policy defines as the label values to keep."""
+        self._models = frozenset(policy.models)
+        self._clusters = frozenset(policy.clusters)
+        self._tiers = frozenset(policy.tiers)
+        self.accounting.learn(
+            models=self._models,
+            tenants=policy.tenants,
+            teams={t.team for t in policy.tenants.values() if t.team is not None},
+            budgets=[budget.name for budget in policy.budgets],
+        )
+
+    def policy_reloaded(self, result: str) -> None:
+        """Count a reload: ``applied``, ``refused`` or ``unchanged``."""
+        self._reloads.labels(result if result in RELOAD_RESULTS else OTHER).inc()
 
     def flag_changed(self, flag: str, on: bool, source: str) -> None:
         """Count a flag switch (flag names come from the policy)."""
