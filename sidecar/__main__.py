@@ -405,6 +405,9 @@ def _telemetry(
         lambda t: metrics.breaker_transition(t.cluster, t.old.value, t.new.value)
     )
     runtime.flag_listeners.append(lambda c: metrics.flag_changed(c.flag, c.on, c.source))
+    runtime.rollback_listeners.append(
+        lambda rolled: metrics.canary_rolled_back(rolled.route[1], rolled.route[0])
+    )
     metrics.set_flag_states(lambda: holder.current.fleet.flags.snapshot())
     level = (
         None
@@ -428,6 +431,14 @@ class _RuntimeFlags:
 
     def set(self, name: str, on: bool, actor: str, reason: str, source: str) -> None:
         self._holder.current.set_flag(name, on, actor, reason, source)
+
+    def set_canary(
+        self, tier: str, model: str, weight_percent: float, actor: str, reason: str
+    ) -> None:
+        self._holder.current.set_canary_weight(tier, model, weight_percent, actor, reason)
+
+    def canaries(self) -> dict[str, Any]:
+        return self._holder.current.fleet.canaries.snapshot()
 
 
 def _admin_token() -> Secret | None:

@@ -24,6 +24,7 @@ from sidecar.admin.flags import (
     apply,
     parse_alertmanager,
     parse_flag_call,
+    parse_weight_call,
 )
 from sidecar.domain.secret import Secret
 
@@ -85,6 +86,7 @@ def build_admin_app(
     app.router.add_post("/flags/{name}", _switch_flag)
     app.router.add_post("/alerts/alertmanager", _alertmanager)
     app.router.add_post("/reload", _reload)
+    app.router.add_post("/canaries/{tier}/{model}", _set_canary)
     return app
 
 
@@ -163,6 +165,23 @@ async def _switch(
         return _error(404 if source == "api" else 422, str(error.args[0]))
     names = sorted({switch.flag for switch in switches})
     return web.json_response({"flags": {n: control.snapshot()[n] for n in names}})
+
+
+async def _set_canary(request: web.Request) -> web.Response:
+    refusal = _refuse_unauthorized(request)
+    if refusal is not None:
+        return refusal
+    control = request.app[_FLAGS]
+    tier, model = request.match_info["tier"], request.match_info["model"]
+    key = f"{tier}/{model}"
+    if control is None or key not in control.canaries():
+        return _error(404, f"no canary on the route {key}")
+    try:
+        weight = parse_weight_call(await request.json())
+    except ValueError as error:
+        return _error(400, str(error) if isinstance(error, BadCallError) else "body is not JSON")
+    control.set_canary(tier, model, weight.weight_percent, weight.actor, weight.reason)
+    return web.json_response({"canaries": {key: control.canaries()[key]}})
 
 
 async def _reload(request: web.Request) -> web.Response:

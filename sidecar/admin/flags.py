@@ -1,10 +1,12 @@
-"""Admin calls that switch feature flags: by an operator, or by an alert webhook.
+"""Admin calls that steer routing: feature flags, and canary weights.
 
 ``POST /flags/{name}`` takes ``{"on": true, "actor": "who", "reason": "why"}``.
 ``POST /alerts/alertmanager`` takes Alertmanager's webhook payload: every alert with an
 ``ai_sidecar_flag`` label switches that flag on while it fires and off when it is
 resolved (or the other way round when its ``ai_sidecar_flag_state`` label is ``off``).
-Both need the admin bearer token. A request that is malformed, names an unknown flag
+``POST /canaries/{tier}/{model}`` takes ``{"weight_percent": 10, "actor": ..., "reason":
+...}``: how an operator sets a canary's share, or puts a rolled-back one back.
+All need the admin bearer token. A request that is malformed, names an unknown flag
 or would set a flag to no clear state changes nothing and gets a 4xx that says why;
 otherwise every change is applied, logged with who and why, and counted in metrics.
 """
@@ -26,6 +28,12 @@ class FlagControl(Protocol):
     def names(self) -> frozenset[str]: ...
 
     def set(self, name: str, on: bool, actor: str, reason: str, source: str) -> None: ...
+
+    def set_canary(
+        self, tier: str, model: str, weight_percent: float, actor: str, reason: str
+    ) -> None: ...
+
+    def canaries(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,30 @@ def parse_flag_call(name: str, payload: Any) -> Switch:
     if not isinstance(on, bool):
         raise BadCallError("'on' must be true or false")
     return Switch(name, on, _text(payload, "actor"), _text(payload, "reason"))
+
+
+@dataclass(frozen=True, slots=True)
+class Weight:
+    """A canary weight asked for."""
+
+    weight_percent: float
+    actor: str
+    reason: str
+
+
+def parse_weight_call(payload: Any) -> Weight:
+    """The weight ``POST /canaries/{tier}/{model}`` asks for, or :class:`BadCallError`."""
+    if not isinstance(payload, dict):
+        raise BadCallError(
+            'send a JSON object: {"weight_percent": 10, "actor": ..., "reason": ...}'
+        )
+    unknown = sorted(set(payload) - {"weight_percent", "actor", "reason"})
+    if unknown:
+        raise BadCallError(f"unknown field(s): {', '.join(unknown)}")
+    weight = payload.get("weight_percent")
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 100:
+        raise BadCallError("'weight_percent' must be a number from 0 to 100")
+    return Weight(float(weight), _text(payload, "actor"), _text(payload, "reason"))
 
 
 def parse_alertmanager(payload: Any) -> list[Switch]:

@@ -12,6 +12,7 @@ Pure: names and suffixes are functions of the policy.
 import hashlib
 from collections.abc import Sequence
 
+from sidecar.domain.canary import CANARY
 from sidecar.domain.ids import ClusterName
 from sidecar.domain.policy import Policy
 
@@ -51,6 +52,8 @@ def failover_chains(policy: Policy) -> list[tuple[ClusterName, ...]]:
     for tier in policy.tiers.values():
         for route in tier.routes.values():
             suffixes.update(chain_suffixes(route.chain))
+            if route.canary is not None:
+                suffixes.update(chain_suffixes(route.chain_for(CANARY)))
     return sorted(suffixes, key=aggregate_name)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from sidecar.core.breaker import Admission, CallResult, CircuitBreaker, Permit, Transition
 from sidecar.core.bulkhead import PoolSet
+from sidecar.core.canary import CanaryBoard
 from sidecar.core.flags import FlagBoard
 from sidecar.domain.ids import ClusterName, ModelName, TierName
 from sidecar.domain.policy import Policy
@@ -39,6 +40,14 @@ class Fleet:
         self._in_flight = dict.fromkeys(policy.clusters, 0)
         self.pools = PoolSet(list(policy.pools))
         self.flags = FlagBoard(policy.flags)
+        self.canaries = CanaryBoard(
+            {
+                (tier.name, model): route.canary
+                for tier in policy.tiers.values()
+                for model, route in tier.routes.items()
+                if route.canary is not None
+            }
+        )
         self.recent_transitions: deque[Transition] = deque(maxlen=RECENT_TRANSITIONS)
 
     def carry_over(self, earlier: "Fleet") -> None:
@@ -58,6 +67,7 @@ class Fleet:
         self._in_flight = earlier._in_flight
         self.pools.carry_over(earlier.pools)
         self.flags.carry_over(earlier.flags)
+        self.canaries.carry_over(earlier.canaries)
         self.recent_transitions = earlier.recent_transitions
 
     def breaker_admits(self, cluster: ClusterName, now: float) -> bool:
@@ -72,6 +82,9 @@ class Fleet:
 
     def downgraded_by(self, tier: TierName, model: ModelName) -> str | None:
         return self.flags.downgraded_by(tier, model)
+
+    def canary_weight(self, tier: TierName, model: ModelName) -> float:
+        return self.canaries.weight((tier, model))
 
     def start_call(self, cluster: ClusterName, now: float) -> CallStarted:
         """Take the breaker's permit and count the call in flight."""

@@ -9,8 +9,9 @@ degradation ladder). It never raises for bad requests.
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+from sidecar.core.canary import variant_of
 from sidecar.core.pipeline import Candidate, FleetView, PipelineRequest, apply_filters
 from sidecar.core.pipeline.filters import DEFAULT_FILTERS
 from sidecar.domain.api import Endpoint
@@ -22,7 +23,7 @@ from sidecar.domain.outcome import (
     model_not_in_tier,
     unknown_model,
 )
-from sidecar.domain.policy import Policy, TenantSpec
+from sidecar.domain.policy import Policy, RouteSpec, TenantSpec
 from sidecar.domain.secret import Secret
 
 
@@ -50,6 +51,8 @@ class RouteRequest:
     endpoint: Endpoint
     requested_model: str
     downgrade_reason: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Trusted request headers (a canary sticky per user reads its user header)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +83,9 @@ def route(
     route_spec = tier.routes.get(model) if tier is not None else None
     if route_spec is None:
         return model_not_in_tier(model, request.tenant.tier)
-    candidates = [
-        Candidate(policy.clusters[name], depth) for depth, name in enumerate(route_spec.chain)
-    ]
+    variant = _variant(request, route_spec, fleet, model)
+    chain = route_spec.chain_for(variant) if variant is not None else route_spec.chain
+    candidates = [Candidate(policy.clusters[name], depth) for depth, name in enumerate(chain)]
     passed_over: tuple[tuple[ClusterName, str], ...] = ()
     downgrade = request.downgrade_reason or _flag_downgrade(fleet, request.tenant.tier, model)
     if downgrade is not None and len(candidates) > 1:
@@ -108,9 +111,24 @@ def route(
         reason=_reason(chosen, filtered.skipped),
         fallback_depth=chosen.depth,
         skipped=filtered.skipped,
-        chain_rest=route_spec.chain[chosen.depth :],
+        chain_rest=chain[chosen.depth :],
         hops=_usable_run(filtered.remaining),
+        variant=variant,
     )
+
+
+def _variant(
+    request: RouteRequest, route_spec: RouteSpec, fleet: FleetView, model: ModelName
+) -> str | None:
+    """The variant of a request on a canary route (None when the route has no canary)."""
+    canary = route_spec.canary
+    if canary is None:
+        return None
+    sticky: str = request.tenant.tenant_id
+    if canary.sticky_user_header is not None:
+        sticky = request.headers.get(canary.sticky_user_header) or sticky
+    tier = request.tenant.tier
+    return variant_of((tier, model), sticky, fleet.canary_weight(tier, model))
 
 
 def _flag_downgrade(fleet: FleetView, tier: TierName, model: ModelName) -> str | None:

@@ -31,6 +31,8 @@ class Decision:
     skipped: tuple[tuple[ClusterName, str], ...] = ()
     chain_rest: tuple[ClusterName, ...] = ()
     hops: int = 1
+    variant: str | None = None
+    """``canary`` or ``baseline`` on a route with a canary; None elsewhere."""
 
     @property
     def failover_hops(self) -> tuple[ClusterName, ...]:

@@ -16,6 +16,7 @@ from sidecar.domain.accounting import (
     StoreSpec,
 )
 from sidecar.domain.api import Provider
+from sidecar.domain.canary import CANARY, CanarySpec
 from sidecar.domain.flags import FlagSpec
 from sidecar.domain.ids import ClusterName, ModelName, TenantId, TierName
 from sidecar.domain.resilience import BreakerConfig, PoolConfig
@@ -94,6 +95,13 @@ class RouteSpec:
 
     chain: tuple[ClusterName, ...]
     non_critical: bool = False
+    canary: CanarySpec | None = None
+
+    def chain_for(self, variant: str) -> tuple[ClusterName, ...]:
+        """The chain a request of ``variant`` walks: the canary first, then the route's."""
+        if variant == CANARY and self.canary is not None:
+            return (self.canary.cluster, *self.chain)
+        return self.chain
 
 
 @dataclass(frozen=True, slots=True)

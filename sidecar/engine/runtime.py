@@ -20,17 +20,26 @@ from typing import Any
 from sidecar.core.answer_cache import AnswerCache
 from sidecar.core.breaker import CallResult, Permit, Transition
 from sidecar.core.bulkhead import Ask, Slot, Verdict
+from sidecar.core.canary import RolledBack
 from sidecar.core.clock import Clock
 from sidecar.core.degraded_queue import DegradedQueue
 from sidecar.core.flags import FlagChange
 from sidecar.core.fleet import Fleet
 from sidecar.core.router import ActivePolicy, RouteRequest, Unavailable, route
-from sidecar.domain.ids import ClusterName, ModelName
+from sidecar.domain.ids import ClusterName, ModelName, TierName
 from sidecar.domain.outcome import Decision, Rejection
 from sidecar.engine.accounting import Accounting
 from sidecar.state.memory import MemoryStore
 
 log = logging.getLogger("sidecar.resilience")
+
+
+@dataclass(frozen=True, slots=True)
+class VariantOutcome:
+    """How a request of a canary route went for its variant, and a rollback it caused."""
+
+    failed: bool
+    rolled_back: RolledBack | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +76,7 @@ class RoutingRuntime:
         self.clock = clock
         self.wall_clock = wall_clock
         self.flag_listeners: list[Callable[[FlagChange], None]] = []
+        self.rollback_listeners: list[Callable[[RolledBack], None]] = []
         self.accounting = accounting if accounting is not None else Accounting(MemoryStore())
         self.transition_listeners: list[Callable[[Transition], None]] = []
         self.fleet = Fleet(active.policy)
@@ -103,6 +113,7 @@ class RoutingRuntime:
         successor._failovers = self._failovers
         successor.transition_listeners = self.transition_listeners
         successor.flag_listeners = self.flag_listeners
+        successor.rollback_listeners = self.rollback_listeners
         old_models, new_models = self.active.policy.models, active.policy.models
         for name in successor.caches.keys() & self.caches.keys():
             if new_models[name].answer_cache == old_models[name].answer_cache:
@@ -267,6 +278,64 @@ class RoutingRuntime:
             listener(change)
         return change
 
+    def canary_outcome(
+        self,
+        decision: Decision,
+        served: str | None,
+        status: int | None,
+        latency_s: float | None,
+    ) -> VariantOutcome | None:
+        """Judge a finished request of a canary route (None: it says nothing of its variant).
+
+        A request counts when its variant's first cluster was chosen (it failed when
+        another cluster answered, a server error came back, or nothing did) or was
+        skipped because its breaker is open (a failure too). Requests passed over by a
+        flag or a budget, or skipped for a full cluster, say nothing about the variant.
+        """
+        if decision.variant is None:
+            return None
+        failed: bool
+        if decision.fallback_depth == 0:
+            failed = served != decision.cluster or status is None or status >= 500
+        elif decision.skipped and decision.skipped[0][1] == "breaker open":
+            failed = True
+        else:
+            return None
+        route = (decision.tier, decision.requested_model)
+        rolled = self.fleet.canaries.observe(
+            route, decision.variant, failed, latency_s or 0.0, self.wall_clock()
+        )
+        if rolled is not None:
+            self._announce_rollback(decision, rolled)
+        return VariantOutcome(failed, rolled)
+
+    def _announce_rollback(self, decision: Decision, rolled: RolledBack) -> None:
+        log.error(
+            "canary of %s/%s rolled back: %s",
+            decision.tier,
+            decision.requested_model,
+            rolled.reason,
+            extra={"tier": decision.tier, "model": decision.requested_model},
+        )
+        for listener in self.rollback_listeners:
+            listener(rolled)
+
+    def set_canary_weight(
+        self, tier: str, model: str, weight_percent: float, actor: str, reason: str
+    ) -> None:
+        """An operator's canary weight (``KeyError`` when the route has no canary)."""
+        route = (TierName(tier), ModelName(model))
+        self.fleet.canaries.set_weight(route, weight_percent, actor)
+        log.warning(
+            "canary weight of %s/%s set to %g%% by %s: %s",
+            tier,
+            model,
+            weight_percent,
+            actor,
+            reason,
+            extra={"tier": tier, "model": model, "weight_percent": weight_percent},
+        )
+
     def cost_cache_for(self, model: ModelName) -> AnswerCache | None:
         return self.cost_caches.get(model)
 
@@ -289,6 +358,7 @@ class RoutingRuntime:
             for name, cache in self.cost_caches.items()
         }
         state["flags"] = self.fleet.flags.snapshot()
+        state["canaries"] = self.fleet.canaries.snapshot()
         state["failover_calls"] = len(self._failovers)
         state["degraded_queues"] = {
             name: {"queued": len(queue), "capacity": queue.capacity}

@@ -68,6 +68,7 @@ class RequestNotes:
         record.reason = decision.reason
         record.skipped = [(str(name), why) for name, why in decision.skipped]
         record.breaker_state = self._runtime.fleet.breakers[decision.cluster].state.value
+        record.variant = decision.variant
         now = self._runtime.clock.now()
         for name, why in decision.skipped:
             record.event("fallback", now, from_cluster=str(name), reason=why)
@@ -143,6 +144,21 @@ class RequestNotes:
         price = cluster.price if cluster is not None else None
         if price is not None:
             record.cost_usd = price.cost_usd(watch.usage.input_tokens, watch.usage.output_tokens)
+
+    def variant_outcome(self, decision: Decision) -> None:
+        """Tell the canary judge how the request's variant did; note a rollback it causes."""
+        record = self.record
+        if record is None:
+            return
+        outcome = self._runtime.canary_outcome(
+            decision, record.cluster, record.status, record.time_to_first_byte_s
+        )
+        if outcome is None:
+            return
+        record.variant_failed = outcome.failed
+        if outcome.rolled_back is not None:
+            reason = outcome.rolled_back.reason
+            record.event("canary_rolled_back", self._runtime.clock.now(), reason=reason)
 
     def cost_usd(self) -> float | None:
         """What the answer cost: None before its usage is known or if it is not priced."""

@@ -149,6 +149,8 @@ class StreamProcessor:
             if request.cost is not None:
                 watch = request.watch
                 request.cost.settle(watch.usage if watch else None, request.upstream_status)
+            if request.decision is not None and request.decision.variant is not None:
+                self._notes.variant_outcome(request.decision)
         finally:
             if request.slot is not None:
                 slot, request.slot = request.slot, None
@@ -225,7 +227,13 @@ class StreamProcessor:
         if refused is not None:
             return self._reject(refused, request.endpoint)
         outcome = self._runtime.decide(
-            RouteRequest(request.tenant, request.endpoint, body.model, cost.downgrade_reason)
+            RouteRequest(
+                request.tenant,
+                request.endpoint,
+                body.model,
+                cost.downgrade_reason,
+                request.headers,
+            )
         )
         if isinstance(outcome, Rejection):
             return self._reject(outcome, request.endpoint)

@@ -42,7 +42,12 @@ from sidecar.policy.accounting_compiler import (
     build_rate_limit,
     build_store,
 )
-from sidecar.policy.flags_compiler import build_flags, flag_problems
+from sidecar.policy.flags_compiler import (
+    build_canary,
+    build_flags,
+    canary_problems,
+    flag_problems,
+)
 from sidecar.policy.yaml_source import FieldPath
 
 _KEY_DIGEST_PREFIX = "sha256:"
@@ -87,6 +92,7 @@ def _reference_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
     yield from _header_problems(message)
     yield from accounting_problems(message)
     yield from flag_problems(message)
+    yield from canary_problems(message)
 
 
 def _is_json(text: str) -> bool:
@@ -317,6 +323,7 @@ def _tier(name: str, tier: Any) -> TierSpec:
         ModelName(model): RouteSpec(
             (ClusterName(route.cluster), *(ClusterName(c) for c in route.fallback)),
             route.non_critical,
+            build_canary(route),
         )
         for model, route in tier.routes.items()
     }

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from sidecar.core.chains import AGGREGATE_PREFIX, aggregate_name, chain_suffixes
+from sidecar.domain.canary import CANARY
 from sidecar.domain.ids import ClusterName
 from sidecar.domain.policy import Policy
 from sidecar.policy.problems import Problem
@@ -78,7 +79,8 @@ def _failover_problems(policy: Policy, config: dict[str, Any], source: Path) -> 
     seen: set[str] = set()
     for tier_name, tier in sorted(policy.tiers.items()):
         for model, route in sorted(tier.routes.items()):
-            for suffix in chain_suffixes(route.chain):
+            chains = [route.chain] + ([route.chain_for(CANARY)] if route.canary else [])
+            for suffix in (suffix for chain in chains for suffix in chain_suffixes(chain)):
                 hops.update(suffix)
                 name = aggregate_name(suffix)
                 if name in seen:

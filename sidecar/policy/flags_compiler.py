@@ -1,9 +1,16 @@
-"""Compiling the policy's feature flags: references checked, values built."""
+"""Compiling the policy's runtime controls: feature flags and canaries."""
 
 from collections.abc import Iterator
 from types import MappingProxyType
 from typing import Any
 
+from sidecar.domain.canary import (
+    DEFAULT_MAX_ERROR_RATE_INCREASE,
+    DEFAULT_MINIMUM_REQUESTS,
+    DEFAULT_WINDOW,
+    CanarySpec,
+    RollbackSpec,
+)
 from sidecar.domain.flags import FlagSpec
 from sidecar.domain.ids import ClusterName, ModelName, TierName
 from sidecar.policy.yaml_source import FieldPath
@@ -47,4 +54,43 @@ def build_flags(message: Any) -> MappingProxyType[str, FlagSpec]:
             )
             for name, flag in sorted(message.flags.items())
         }
+    )
+
+
+def canary_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
+    """Canaries that name a missing cluster, their own route's, or no user header."""
+    for tier_name, tier in sorted(message.tiers.items()):
+        for model, route in sorted(tier.routes.items()):
+            if not route.HasField("canary"):
+                continue
+            path: FieldPath = ("tiers", tier_name, "routes", model, "canary")
+            canary = route.canary
+            if canary.cluster not in message.clusters:
+                names = ", ".join(sorted(message.clusters))
+                yield ((*path, "cluster"), f"unknown cluster '{canary.cluster}' (known: {names})")
+            elif canary.cluster in (route.cluster, *route.fallback):
+                yield ((*path, "cluster"), f"'{canary.cluster}' is already in the route's chain")
+            if canary.sticky == "user" and not canary.user_header:
+                yield ((*path, "user_header"), "sticky: user needs the header naming the user")
+
+
+def build_canary(route: Any) -> CanarySpec | None:
+    if not route.HasField("canary"):
+        return None
+    canary = route.canary
+    rollback = None
+    if canary.HasField("rollback"):
+        spec = canary.rollback
+        rollback = RollbackSpec(
+            window=spec.window or DEFAULT_WINDOW,
+            minimum_requests=spec.minimum_requests or DEFAULT_MINIMUM_REQUESTS,
+            max_error_rate_increase=(spec.max_error_rate_increase_percent / 100)
+            or DEFAULT_MAX_ERROR_RATE_INCREASE,
+            max_latency_ratio=spec.max_latency_ratio or None,
+        )
+    return CanarySpec(
+        cluster=ClusterName(canary.cluster),
+        weight_percent=canary.weight_percent,
+        sticky_user_header=canary.user_header if canary.sticky == "user" else None,
+        rollback=rollback,
     )

@@ -131,6 +131,23 @@ class Metrics:
             "Policy reloads, by result: applied, refused (the running policy stays), unchanged.",
             ("result",),
         )
+        self._variant_requests = self._counter(
+            "ai_sidecar_variant_requests_total",
+            "Requests of canary routes, by variant (baseline, canary) and result: ok, error "
+            "(the variant's cluster failed, even if another then answered) or other.",
+            ("model", "tier", "variant", "result"),
+        )
+        self._variant_latency = self._histogram(
+            "ai_sidecar_variant_time_to_first_token_seconds",
+            "Time to the answer's headers on canary routes, by variant.",
+            ("model", "tier", "variant"),
+            LATENCY_BUCKETS_S,
+        )
+        self._rollbacks = self._counter(
+            "ai_sidecar_canary_rollbacks_total",
+            "Canaries rolled back on their own (weight set to 0).",
+            ("model", "tier"),
+        )
         self._flag_changes = self._counter(
             "ai_sidecar_flag_changes_total",
             "Feature flag switches, by flag, new state and source (api, webhook).",
@@ -205,6 +222,8 @@ class Metrics:
         self._observe(self._ttft, (model, cluster), record.time_to_first_byte_s)
         self._count_usage(record, model, cluster, tier)
         self.accounting.observe(record)
+        if record.variant is not None:
+            self._count_variant(record, model, tier)
         kind = error_kind(record)
         if kind is not None:
             self._series(self._errors, (model, cluster, kind)).inc()
@@ -218,6 +237,19 @@ class Metrics:
             self._increase(self._tokens, (model, cluster, tier, direction), tokens)
         self._increase(self._cost, (model, cluster, tier), record.cost_usd)
         self._observe(self._request_cost, (model, cluster), record.cost_usd)
+
+    def _count_variant(self, record: RequestRecord, model: str, tier: str) -> None:
+        variant = record.variant if record.variant in ("baseline", "canary") else OTHER
+        if record.variant_failed is None:
+            result = "other"  # passed over by a flag or a budget: not the variant's doing
+        else:
+            result = "error" if record.variant_failed else "ok"
+        self._series(self._variant_requests, (model, tier, variant, result)).inc()
+        self._observe(self._variant_latency, (model, tier, variant), record.time_to_first_byte_s)
+
+    def canary_rolled_back(self, model: str, tier: str) -> None:
+        """Count a canary taken out on its own."""
+        self._rollbacks.labels(_bounded(model, self._models), _bounded(tier, self._tiers)).inc()
 
     def _series(self, metric: Counter | Histogram, labels: tuple[str, ...]) -> Any:
         """The series of ``metric`` with ``labels``, created on first use."""

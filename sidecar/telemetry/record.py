@@ -71,6 +71,11 @@ class RequestRecord:
     input_tokens: int | None = None
     output_tokens: int | None = None
     cost_usd: float | None = None
+    variant: str | None = None
+    """``canary`` or ``baseline`` on a route with a canary."""
+    variant_failed: bool | None = None
+    """Whether the variant's own cluster failed the request (None: not judged), even
+    when another cluster then answered it."""
     cost_cache: str | None = None
     """``hit`` or ``miss`` when the cost cache was asked; None when it was not."""
     saved_usd: float | None = None

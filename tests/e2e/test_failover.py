@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+from sidecar.core.chains import failover_chains
+from sidecar.policy.loader import load_policy
+from tests.conftest import DEMO_POLICY
 from tests.e2e.conftest import ENVOY_ADMIN_URL, Harness
 from tests.waiting import wait_until
 
@@ -168,7 +171,7 @@ async def test_every_aggregate_has_a_retry_budget_that_bounds_the_retries(
     url = f"{ENVOY_ADMIN_URL}/config_dump?resource=static_clusters&name_regex=chain--.*"
     async with fresh.http.get(url) as response:
         clusters = [entry["cluster"] for entry in (await response.json())["configs"]]
-    assert len(clusters) == 6
+    assert len(clusters) == len(failover_chains(load_policy(DEMO_POLICY)))
     for cluster in clusters:
         (threshold,) = cluster["circuit_breakers"]["thresholds"]
         assert threshold["retry_budget"] == {

@@ -20,8 +20,8 @@ from tests.waiting import wait_until
 pytestmark = pytest.mark.e2e
 
 TOKEN = {"authorization": f"Bearer {DEMO_CREDENTIALS['AI_SIDECAR_ADMIN_TOKEN']}"}
-PAID_CHAT_ROUTE = "chat: {cluster: openai-premium, fallback: [openai-cheap, ollama-local]}"
-CHEAP_CHAT_ROUTE = "chat: {cluster: openai-cheap, fallback: [ollama-local]}"
+PAID_CHAT_ROUTE = "cluster: openai-premium\n        fallback: [openai-cheap, ollama-local]\n"
+CHEAP_CHAT_ROUTE = "cluster: openai-cheap\n        fallback: [ollama-local]\n"
 
 
 async def chat(http: aiohttp.ClientSession, replica: ReplicaStack) -> tuple[int, Any]:
@@ -91,9 +91,7 @@ async def test_a_broken_policy_is_refused_and_routing_goes_on(
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         before = (await state(http, replica))["policy"]["digest"]
         # A route to a cluster that does not exist: the whole file is refused.
-        policy.write_text(
-            policy.read_text().replace(PAID_CHAT_ROUTE, "chat: {cluster: openai-gone}")
-        )
+        policy.write_text(policy.read_text().replace(PAID_CHAT_ROUTE, "cluster: openai-gone\n"))
 
         async def refused_by_the_watcher() -> bool:
             text = await metrics(http, replica)

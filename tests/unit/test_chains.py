@@ -45,10 +45,12 @@ def test_every_suffix_of_two_or_more_clusters_needs_an_aggregate() -> None:
     assert chain_suffixes((C("a"),)) == []
 
 
-def test_the_demo_policy_needs_six_aggregates_each_once(demo_policy: Policy) -> None:
+def test_the_demo_policy_needs_seven_aggregates_each_once(demo_policy: Policy) -> None:
     assert [aggregate_name(chain) for chain in failover_chains(demo_policy)] == [
         "chain--enterprise-dedicated--openai-premium",
         "chain--enterprise-dedicated--openai-premium--ollama-local",
+        # the paid chat canary, with the route's own chain behind it
+        "chain--enterprise-dedicated--openai-premium--openai-cheap--ollama-local",
         "chain--fraud-model--rules-engine",
         "chain--openai-cheap--ollama-local",  # the paid suffix and the free chain share it
         "chain--openai-premium--ollama-local",
@@ -77,6 +79,9 @@ class Fleet:
 
     def downgraded_by(self, tier: str, model: str) -> str | None:
         return None
+
+    def canary_weight(self, tier: str, model: str) -> float:
+        return 0.0
 
 
 def _decide(
@@ -134,7 +139,7 @@ def test_the_generated_aggregates_are_valid_yaml_with_filter_and_budget(
 ) -> None:
     text = render_aggregates(failover_chains(demo_policy), "policy.yaml", ChainOptions())
     clusters = yaml.safe_load("clusters:\n" + text)["clusters"]
-    assert len(clusters) == 6
+    assert len(clusters) == len(failover_chains(demo_policy))
     for cluster in clusters:
         hops = cluster["cluster_type"]["typed_config"]["clusters"]
         assert cluster["name"] == aggregate_name(hops)
@@ -214,9 +219,10 @@ def test_an_aggregate_without_filter_or_budget_is_reported(
     )
     text = text.replace("retry_budget:", "retry_budget_off:")
     problems = _problems(tmp_path, demo_policy, text)
-    assert len(problems) == 12, problems
-    assert sum("no upstream ext_proc filter" in p for p in problems) == 6
-    assert sum("no retry_budget" in p for p in problems) == 6
+    aggregates = len(failover_chains(demo_policy))
+    assert len(problems) == 2 * aggregates, problems
+    assert sum("no upstream ext_proc filter" in p for p in problems) == aggregates
+    assert sum("no retry_budget" in p for p in problems) == aggregates
 
 
 def test_a_model_cluster_whose_endpoints_do_not_name_it_is_reported(

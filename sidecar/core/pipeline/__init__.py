@@ -42,6 +42,8 @@ class FleetView(Protocol):
 
     def downgraded_by(self, tier: TierName, model: ModelName) -> str | None: ...
 
+    def canary_weight(self, tier: TierName, model: ModelName) -> float: ...
+
 
 class CandidateFilter(Protocol):
     """Excludes candidates that must not take the request."""
