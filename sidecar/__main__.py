@@ -440,6 +440,12 @@ class _RuntimeFlags:
     def canaries(self) -> dict[str, Any]:
         return self._holder.current.fleet.canaries.snapshot()
 
+    def clusters(self) -> frozenset[str]:
+        return frozenset(self._holder.current.active.policy.clusters)
+
+    def force_breaker(self, cluster: str, state: str, actor: str, reason: str) -> None:
+        self._holder.current.force_breaker(cluster, state, actor, reason)
+
 
 def _admin_token() -> Secret | None:
     token = os.environ.get(ADMIN_TOKEN_ENV, "")

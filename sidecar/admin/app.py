@@ -23,6 +23,7 @@ from sidecar.admin.flags import (
     Switch,
     apply,
     parse_alertmanager,
+    parse_breaker_call,
     parse_flag_call,
     parse_weight_call,
 )
@@ -87,6 +88,7 @@ def build_admin_app(
     app.router.add_post("/alerts/alertmanager", _alertmanager)
     app.router.add_post("/reload", _reload)
     app.router.add_post("/canaries/{tier}/{model}", _set_canary)
+    app.router.add_post("/breakers/{cluster}", _force_breaker)
     return app
 
 
@@ -182,6 +184,22 @@ async def _set_canary(request: web.Request) -> web.Response:
         return _error(400, str(error) if isinstance(error, BadCallError) else "body is not JSON")
     control.set_canary(tier, model, weight.weight_percent, weight.actor, weight.reason)
     return web.json_response({"canaries": {key: control.canaries()[key]}})
+
+
+async def _force_breaker(request: web.Request) -> web.Response:
+    refusal = _refuse_unauthorized(request)
+    if refusal is not None:
+        return refusal
+    control = request.app[_FLAGS]
+    cluster = request.match_info["cluster"]
+    if control is None or cluster not in control.clusters():
+        return _error(404, f"no cluster '{cluster}' in the policy")
+    try:
+        hold = parse_breaker_call(await request.json())
+    except ValueError as error:
+        return _error(400, str(error) if isinstance(error, BadCallError) else "body is not JSON")
+    control.force_breaker(cluster, hold.state, hold.actor, hold.reason)
+    return web.json_response({"cluster": cluster, "held": hold.state})
 
 
 async def _reload(request: web.Request) -> web.Response:

@@ -4,6 +4,8 @@
 ``POST /alerts/alertmanager`` takes Alertmanager's webhook payload: every alert with an
 ``ai_sidecar_flag`` label switches that flag on while it fires and off when it is
 resolved (or the other way round when its ``ai_sidecar_flag_state`` label is ``off``).
+``POST /breakers/{cluster}`` takes ``{"state": "open" | "closed" | "auto", "actor": ...,
+"reason": ...}``: hold a breaker, or let it judge again.
 ``POST /canaries/{tier}/{model}`` takes ``{"weight_percent": 10, "actor": ..., "reason":
 ...}``: how an operator sets a canary's share, or puts a rolled-back one back.
 All need the admin bearer token. A request that is malformed, names an unknown flag
@@ -34,6 +36,10 @@ class FlagControl(Protocol):
     ) -> None: ...
 
     def canaries(self) -> Mapping[str, Any]: ...
+
+    def clusters(self) -> frozenset[str]: ...
+
+    def force_breaker(self, cluster: str, state: str, actor: str, reason: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,28 @@ def parse_weight_call(payload: Any) -> Weight:
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 100:
         raise BadCallError("'weight_percent' must be a number from 0 to 100")
     return Weight(float(weight), _text(payload, "actor"), _text(payload, "reason"))
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A breaker state asked for: open, closed, or auto (the breaker judges again)."""
+
+    state: str
+    actor: str
+    reason: str
+
+
+def parse_breaker_call(payload: Any) -> Hold:
+    """The hold ``POST /breakers/{cluster}`` asks for, or :class:`BadCallError`."""
+    if not isinstance(payload, dict):
+        raise BadCallError('send a JSON object: {"state": "open", "actor": "...", "reason": "..."}')
+    unknown = sorted(set(payload) - {"state", "actor", "reason"})
+    if unknown:
+        raise BadCallError(f"unknown field(s): {', '.join(unknown)}")
+    state = payload.get("state")
+    if state not in ("open", "closed", "auto"):
+        raise BadCallError("'state' must be open, closed or auto")
+    return Hold(state, _text(payload, "actor"), _text(payload, "reason"))
 
 
 def parse_alertmanager(payload: Any) -> list[Switch]:

@@ -15,6 +15,7 @@ before a trip can never reopen, or close, the breaker after it.
 Pure: time comes in as ``now`` (monotonic seconds); transitions come back as values.
 """
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
@@ -37,6 +38,10 @@ _ALLOWED_TRANSITIONS = {
     BreakerState.OPEN: frozenset({BreakerState.HALF_OPEN}),
     BreakerState.HALF_OPEN: frozenset({BreakerState.OPEN, BreakerState.CLOSED}),
 }
+
+
+FORCED_OPEN_RETRY_S = 30.0
+"""The wait a client is told while an operator holds a breaker open."""
 
 
 class IllegalTransitionError(RuntimeError):
@@ -165,12 +170,32 @@ class CircuitBreaker:
         self.open_until = 0.0
         self.stale_outcomes = 0
         self.last_reason = "initial state"
+        self.forced: BreakerState | None = None
+        """OPEN or CLOSED while an operator holds the breaker there; None: it judges."""
         self._window = _window_for(config)
         self._trials = _Trials()
+
+    def force(self, state: BreakerState | None, reason: str, now: float) -> tuple[Transition, ...]:
+        """Hold the breaker open or closed (an operator's call), or let it judge again (None).
+
+        Held open, it admits nothing; held closed, it admits every call and never trips.
+        Letting go starts it closed with an empty window. The move is a transition like
+        any other, with ``reason`` (any state to any state: the operator decides).
+        """
+        self.forced = state
+        target = state or BreakerState.CLOSED
+        if target is BreakerState.OPEN:
+            self.open_until = math.inf
+        if self.state is target:
+            self._window.clear()  # judging starts again from nothing
+            return ()
+        return (self._move(target, reason, now, forced=True),)
 
     def admit(self, now: float) -> Admission:
         """Let a call through (with a permit), or refuse it while open."""
         transitions: list[Transition] = []
+        if self.forced is BreakerState.OPEN:
+            return Admission(None, retry_after_s=FORCED_OPEN_RETRY_S)
         if self.state is BreakerState.OPEN:
             if now < self.open_until:
                 return Admission(None, retry_after_s=self.open_until - now)
@@ -188,6 +213,8 @@ class CircuitBreaker:
 
     def would_admit(self, now: float) -> bool:
         """Whether :meth:`admit` would give a permit now, without taking one."""
+        if self.forced is not None:
+            return self.forced is BreakerState.CLOSED
         if self.state is BreakerState.CLOSED:
             return True
         if self.state is BreakerState.OPEN:
@@ -203,6 +230,8 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             return self._record_trial(result, now)
         self._window.add(result, now)
+        if self.forced is not None:
+            return ()
         return self._judge_window(now)
 
     def abandon(self, permit: Permit) -> None:
@@ -260,9 +289,9 @@ class CircuitBreaker:
         self.open_until = now + self.current_wait_s()
         return self._move(BreakerState.OPEN, reason, now)
 
-    def _move(self, new: BreakerState, reason: str, now: float) -> Transition:
+    def _move(self, new: BreakerState, reason: str, now: float, forced: bool = False) -> Transition:
         old = self.state
-        if new not in _ALLOWED_TRANSITIONS[old]:
+        if not forced and new not in _ALLOWED_TRANSITIONS[old]:
             raise IllegalTransitionError(f"{self.cluster}: {old.value} -> {new.value} ({reason})")
         self.state = new
         self.generation += 1

@@ -11,7 +11,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.core.breaker import Admission, CallResult, CircuitBreaker, Permit, Transition
+from sidecar.core.breaker import (
+    FORCED_OPEN_RETRY_S,
+    Admission,
+    CallResult,
+    CircuitBreaker,
+    Permit,
+    Transition,
+)
 from sidecar.core.bulkhead import PoolSet
 from sidecar.core.canary import CanaryBoard
 from sidecar.core.flags import FlagBoard
@@ -117,6 +124,8 @@ class Fleet:
             if cluster in self.breakers
         ]
         soonest = min((wait for wait in waits if wait > 0), default=1.0)
+        if math.isinf(soonest):
+            soonest = FORCED_OPEN_RETRY_S  # held open by an operator: no set end
         return max(1, math.ceil(soonest))
 
     def snapshot(self, now: float) -> dict[str, Any]:
@@ -130,8 +139,9 @@ class Fleet:
                 "window_calls": calls,
                 "failure_rate": round(failure_rate, 4),
                 "slow_call_rate": round(slow_rate, 4),
-                "open_for_s": round(max(breaker.open_until - now, 0.0), 3),
+                "open_for_s": _open_for(breaker.open_until, now),
                 "consecutive_trips": breaker.consecutive_trips,
+                "forced": breaker.forced.value if breaker.forced is not None else None,
                 "in_flight": self._in_flight[name],
                 "max_concurrent": self._limits[name],
             }
@@ -152,3 +162,10 @@ class Fleet:
 
     def _keep(self, transitions: tuple[Transition, ...]) -> None:
         self.recent_transitions.extend(transitions)
+
+
+def _open_for(open_until: float, now: float) -> float | None:
+    """Seconds left in the open state (None: held open by an operator, no set end)."""
+    if math.isinf(open_until):
+        return None
+    return round(max(open_until - now, 0.0), 3)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.core.answer_cache import AnswerCache
-from sidecar.core.breaker import CallResult, Permit, Transition
+from sidecar.core.breaker import BreakerState, CallResult, Permit, Transition
 from sidecar.core.bulkhead import Ask, Slot, Verdict
 from sidecar.core.canary import RolledBack
 from sidecar.core.clock import Clock
@@ -319,6 +319,25 @@ class RoutingRuntime:
         )
         for listener in self.rollback_listeners:
             listener(rolled)
+
+    def force_breaker(self, cluster: str, state: str, actor: str, reason: str) -> None:
+        """Hold a cluster's breaker ``open`` or ``closed``, or let it judge (``auto``).
+
+        Raises ``KeyError`` for a cluster the policy lacks, ``ValueError`` for a state.
+        """
+        breaker = self.fleet.breakers[ClusterName(cluster)]
+        held = {"open": BreakerState.OPEN, "closed": BreakerState.CLOSED, "auto": None}
+        if state not in held:
+            raise ValueError(f"state must be open, closed or auto, not {state!r}")
+        why = f"{'released' if state == 'auto' else 'held ' + state} by {actor}: {reason}"
+        transitions = breaker.force(held[state], why, self.clock.now())
+        self._log_transitions(transitions)
+        log.warning(
+            "breaker %s %s",
+            cluster,
+            why,
+            extra={"cluster": cluster, "forced": state, "actor": actor},
+        )
 
     def set_canary_weight(
         self, tier: str, model: str, weight_percent: float, actor: str, reason: str

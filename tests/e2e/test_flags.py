@@ -123,3 +123,24 @@ async def test_bad_flag_calls_are_refused_and_change_nothing(
 async def test_an_alert_for_an_unknown_flag_changes_nothing(harness: Harness) -> None:
     assert await alert(harness, "firing", "no-such-flag") == 422
     assert not any(state["on"] for state in (await flags(harness)).values())
+
+
+async def test_an_operator_holds_a_breaker_open_then_lets_it_judge_again(fresh: Harness) -> None:
+    url = f"{SIDECAR_ADMIN_URL}/breakers/openai-premium"
+    hold = {"state": "open", "actor": "oncall", "reason": "provider maintenance"}
+    async with fresh.http.post(url, json=hold, headers=TOKEN) as response:
+        assert response.status == 200
+    assert await served_by(fresh) == ("gpt-4o-mini", "fallback")
+    premium = (await fresh.sidecar_state())["clusters"]["openai-premium"]
+    assert (premium["breaker"], premium["forced"]) == ("open", "open")
+    assert "provider maintenance" in premium["reason"]
+    release = {"state": "auto", "actor": "oncall", "reason": "maintenance over"}
+    async with fresh.http.post(url, json=release, headers=TOKEN) as response:
+        assert response.status == 200
+    assert await served_by(fresh) == ("gpt-4o", "primary")
+    async with fresh.http.post(
+        f"{SIDECAR_ADMIN_URL}/breakers/no-such-cluster", json=hold, headers=TOKEN
+    ) as response:
+        assert response.status == 404
+    async with fresh.http.post(url, json={**hold, "state": "ajar"}, headers=TOKEN) as response:
+        assert response.status == 400

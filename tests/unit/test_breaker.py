@@ -195,3 +195,28 @@ def test_forged_permits_from_another_generation_change_nothing() -> None:
     assert b.record(forged, FAIL, clock.now()) == ()
     b.abandon(forged)
     assert b.state is BreakerState.CLOSED
+
+
+def test_an_operator_can_hold_a_breaker_open_or_closed_and_let_it_go() -> None:
+    config = BreakerConfig(window_kind="count", window_size=4, minimum_calls=2)
+    breaker = CircuitBreaker(ClusterName("a"), config)
+    (opened,) = breaker.force(BreakerState.OPEN, "held open by oncall: incident", now=1.0)
+    assert (opened.old, opened.new) == (BreakerState.CLOSED, BreakerState.OPEN)
+    assert not breaker.would_admit(10_000.0), "held open: no wait ends it"
+    assert breaker.admit(10_000.0).permit is None
+    (closed,) = breaker.force(BreakerState.CLOSED, "held closed by oncall: test", now=2.0)
+    assert closed.new is BreakerState.CLOSED
+    for _ in range(4):
+        permit = breaker.admit(3.0).permit
+        assert permit is not None
+        assert breaker.record(permit, CallResult(failed=True, slow=False, detail="x"), 3.0) == ()
+    assert breaker.state is BreakerState.CLOSED, "held closed: failures never trip it"
+    assert breaker.force(None, "released by oncall", now=4.0) == (), "already closed"
+    assert breaker.forced is None
+    permit = breaker.admit(5.0).permit
+    assert permit is not None
+    breaker.record(permit, CallResult(failed=True, slow=False, detail="x"), 5.0)
+    permit = breaker.admit(5.0).permit
+    assert permit is not None
+    (tripped,) = breaker.record(permit, CallResult(failed=True, slow=False, detail="x"), 5.0)
+    assert tripped.new is BreakerState.OPEN, "judging again after the release"
