@@ -22,6 +22,7 @@ from sidecar.core.breaker import (
 from sidecar.core.bulkhead import PoolSet
 from sidecar.core.canary import CanaryBoard
 from sidecar.core.flags import FlagBoard
+from sidecar.core.slo import SloBoard
 from sidecar.domain.ids import ClusterName, ModelName, TierName
 from sidecar.domain.policy import Policy
 
@@ -47,6 +48,9 @@ class Fleet:
         self._in_flight = dict.fromkeys(policy.clusters, 0)
         self.pools = PoolSet(list(policy.pools))
         self.flags = FlagBoard(policy.flags)
+        self.slos = SloBoard(
+            {name: spec.slo for name, spec in policy.models.items() if spec.slo is not None}
+        )
         self.canaries = CanaryBoard(
             {
                 (tier.name, model): route.canary
@@ -75,6 +79,7 @@ class Fleet:
         self.pools.carry_over(earlier.pools)
         self.flags.carry_over(earlier.flags)
         self.canaries.carry_over(earlier.canaries)
+        self.slos.carry_over(earlier.slos)
         self.recent_transitions = earlier.recent_transitions
 
     def breaker_admits(self, cluster: ClusterName, now: float) -> bool:

@@ -20,6 +20,7 @@ from sidecar.domain.canary import CANARY, CanarySpec
 from sidecar.domain.flags import FlagSpec
 from sidecar.domain.ids import ClusterName, ModelName, TenantId, TierName
 from sidecar.domain.resilience import BreakerConfig, PoolConfig
+from sidecar.domain.slo import SloSpec
 
 DEFAULT_CLUSTER_HEADER = "x-ai-sidecar-cluster"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -84,6 +85,7 @@ class ModelSpec:
     degraded: DegradedSpec | None = None
     paths: tuple[str, ...] = ()
     cost_cache: CostCacheSpec | None = None
+    slo: SloSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

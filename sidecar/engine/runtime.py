@@ -26,6 +26,7 @@ from sidecar.core.degraded_queue import DegradedQueue
 from sidecar.core.flags import FlagChange
 from sidecar.core.fleet import Fleet
 from sidecar.core.router import ActivePolicy, RouteRequest, Unavailable, route
+from sidecar.core.slo import request_was_bad
 from sidecar.domain.ids import ClusterName, ModelName, TierName
 from sidecar.domain.outcome import Decision, Rejection
 from sidecar.engine.accounting import Accounting
@@ -320,6 +321,20 @@ class RoutingRuntime:
         for listener in self.rollback_listeners:
             listener(rolled)
 
+    def slo_outcome(
+        self, model: str | None, outcome: str, status: int | None, ttfb_s: float | None
+    ) -> None:
+        """Count a finished request against its model's SLO; switch the SLO's flag if due."""
+        spec = self.active.policy.models.get(ModelName(model)) if model else None
+        if spec is None or spec.slo is None:
+            return
+        bad = request_was_bad(outcome, status, ttfb_s, spec.slo.latency_s)
+        if bad is None:
+            return
+        verdict = self.fleet.slos.observe(ModelName(model or ""), bad, self.clock.now())
+        if verdict is not None and verdict.flag in self.active.policy.flags:
+            self.set_flag(verdict.flag, verdict.on, f"slo/{verdict.model}", verdict.reason, "slo")
+
     def force_breaker(self, cluster: str, state: str, actor: str, reason: str) -> None:
         """Hold a cluster's breaker ``open`` or ``closed``, or let it judge (``auto``).
 
@@ -378,6 +393,7 @@ class RoutingRuntime:
         }
         state["flags"] = self.fleet.flags.snapshot()
         state["canaries"] = self.fleet.canaries.snapshot()
+        state["slos"] = self.fleet.slos.snapshot(self.clock.now())
         state["failover_calls"] = len(self._failovers)
         state["degraded_queues"] = {
             name: {"queued": len(queue), "capacity": queue.capacity}

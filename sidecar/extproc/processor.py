@@ -130,7 +130,12 @@ class StreamProcessor:
         """Give back the slot and the breaker permit, whatever ended the stream."""
         self._release()
         record = self._notes.end()
-        if record is not None and self._span is not None:
+        if record is None:
+            return
+        self._runtime.slo_outcome(
+            record.model, record.outcome, record.status, record.time_to_first_byte_s
+        )
+        if self._span is not None:
             self._telemetry.end(record, self._span)
 
     def _release(self) -> None:

@@ -45,8 +45,10 @@ from sidecar.policy.accounting_compiler import (
 from sidecar.policy.flags_compiler import (
     build_canary,
     build_flags,
+    build_slo,
     canary_problems,
     flag_problems,
+    slo_problems,
 )
 from sidecar.policy.yaml_source import FieldPath
 
@@ -93,6 +95,7 @@ def _reference_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
     yield from accounting_problems(message)
     yield from flag_problems(message)
     yield from canary_problems(message)
+    yield from slo_problems(message)
 
 
 def _is_json(text: str) -> bool:
@@ -315,7 +318,14 @@ def _model(name: str, model: Any) -> ModelSpec:
             queue_max=(spec.queue_max or 1000) if spec.queue else None,
             json=spec.json.encode("utf-8") if spec.json else None,
         )
-    return ModelSpec(ModelName(name), cache, degraded, tuple(model.paths), build_cost_cache(model))
+    return ModelSpec(
+        ModelName(name),
+        cache,
+        degraded,
+        tuple(model.paths),
+        build_cost_cache(model),
+        build_slo(model),
+    )
 
 
 def _tier(name: str, tier: Any) -> TierSpec:

@@ -1,4 +1,4 @@
-"""Compiling the policy's runtime controls: feature flags and canaries."""
+"""Compiling the policy's runtime controls: feature flags, canaries and SLOs."""
 
 from collections.abc import Iterator
 from types import MappingProxyType
@@ -13,6 +13,13 @@ from sidecar.domain.canary import (
 )
 from sidecar.domain.flags import FlagSpec
 from sidecar.domain.ids import ClusterName, ModelName, TierName
+from sidecar.domain.slo import (
+    DEFAULT_BURN_RATE,
+    DEFAULT_LONG_WINDOW_S,
+    DEFAULT_SHORT_WINDOW_S,
+    SloSpec,
+)
+from sidecar.domain.slo import DEFAULT_MINIMUM_REQUESTS as SLO_MINIMUM_REQUESTS
 from sidecar.policy.yaml_source import FieldPath
 
 _REFERENCES = (
@@ -93,4 +100,34 @@ def build_canary(route: Any) -> CanarySpec | None:
         weight_percent=canary.weight_percent,
         sticky_user_header=canary.user_header if canary.sticky == "user" else None,
         rollback=rollback,
+    )
+
+
+def slo_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
+    """SLOs that name a flag the policy lacks, or windows in the wrong order."""
+    for name, model in sorted(message.models.items()):
+        if not model.HasField("slo"):
+            continue
+        slo = model.slo
+        if slo.flag not in message.flags:
+            known = ", ".join(sorted(message.flags)) or "none defined"
+            yield (("models", name, "slo", "flag"), f"unknown flag '{slo.flag}' (known: {known})")
+        short = slo.short_window_s or DEFAULT_SHORT_WINDOW_S
+        long = slo.long_window_s or DEFAULT_LONG_WINDOW_S
+        if short >= long:
+            yield (("models", name, "slo"), "short_window_s must be shorter than long_window_s")
+
+
+def build_slo(model: Any) -> SloSpec | None:
+    if not model.HasField("slo"):
+        return None
+    slo = model.slo
+    return SloSpec(
+        objective=slo.availability_percent / 100,
+        flag=slo.flag,
+        latency_s=slo.latency_s or None,
+        short_window_s=slo.short_window_s or DEFAULT_SHORT_WINDOW_S,
+        long_window_s=slo.long_window_s or DEFAULT_LONG_WINDOW_S,
+        burn_rate=slo.burn_rate or DEFAULT_BURN_RATE,
+        minimum_requests=slo.minimum_requests or SLO_MINIMUM_REQUESTS,
     )
