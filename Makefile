@@ -14,7 +14,7 @@ FIX_OTEL_PROTO = $(BIN)/pip install --quiet --force-reinstall --no-deps \
 	"opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
 	&& $(PY) -c 'from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope'
 
-.PHONY: install proto lint format typecheck test test-unit test-e2e run check clean redis-server
+.PHONY: install proto lint format typecheck test test-unit test-e2e run check clean redis-server chromium
 
 install: $(STAMP) $(PROTO_STAMP)
 
@@ -49,14 +49,18 @@ typecheck: install
 test-unit: install
 	$(BIN)/pytest tests/unit tests/extproc
 
-test-e2e: install
+test-e2e: install chromium
 	$(BIN)/pytest tests/e2e
 
 # The store contract tests run against a real redis-server (Debian's), installed if missing.
 redis-server:
 	sh tools/install-debian-package.sh redis-server redis-server "make test"
 
-test: lint typecheck redis-server
+# The status page is tested in a real headless browser (Debian's chromium).
+chromium:
+	sh tools/install-debian-package.sh chromium chromium "make test"
+
+test: lint typecheck redis-server chromium
 	$(BIN)/pytest
 
 check: install

@@ -1,18 +1,21 @@
 """The admin HTTP application (aiohttp), bound to localhost by default.
 
-Read-only: ``/healthz`` answers while the process runs; ``/readyz`` only while the
-gRPC server accepts streams; ``/state`` shows the active policy and live state,
-budgets and spend included; ``/metrics`` is the Prometheus exposition.
+Read-only: ``/`` is a status page for people (it polls ``/state``); ``/healthz``
+answers while the process runs; ``/readyz`` only while the gRPC server accepts streams;
+``/state`` shows the active policy and live state (budgets, flags, canaries and SLOs
+included); ``/metrics`` is the Prometheus exposition; ``GET /flags`` lists the flags.
+
 Mutating: ``POST /queues/{model}/drain`` hands parked requests to an operator;
-``POST /flags/{name}`` and ``POST /alerts/alertmanager`` switch feature flags (see
-:mod:`sidecar.admin.flags`); ``GET /flags`` lists them; ``POST /reload`` reads the
-policy file again (:mod:`sidecar.engine.reload`). Every
+``POST /flags/{name}``, ``POST /alerts/alertmanager``, ``POST /breakers/{cluster}``
+and ``POST /canaries/{tier}/{model}`` steer routing (:mod:`sidecar.admin.flags`);
+``POST /reload`` reads the policy file again (:mod:`sidecar.engine.reload`). Every
 mutating call needs ``Authorization: Bearer <token>`` with the token the sidecar was
 started with; without a configured token, mutating calls are refused.
 """
 
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -78,6 +81,7 @@ def build_admin_app(
     app[_IS_READY] = is_ready
     app[_DRAIN] = drain
     app[_TOKEN] = token
+    app.router.add_get("/", _status_page)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/state", _state)
@@ -90,6 +94,19 @@ def build_admin_app(
     app.router.add_post("/canaries/{tier}/{model}", _set_canary)
     app.router.add_post("/breakers/{cluster}", _force_breaker)
     return app
+
+
+_STATUS_PAGE = (Path(__file__).parent / "static" / "status.html").read_bytes()
+
+
+async def _status_page(request: web.Request) -> web.Response:
+    """A page a person reads at a glance; it polls ``/state`` every 2 s."""
+    response = web.Response(body=_STATUS_PAGE, content_type="text/html", charset="utf-8")
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'"
+    )
+    return response
 
 
 async def _healthz(request: web.Request) -> web.Response:
