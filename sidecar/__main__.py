@@ -326,6 +326,7 @@ async def _serve(options: _ServeOptions, active: ActivePolicy) -> None:
         lambda: holder.current.accounting.view(holder.current.active.policy),
         _RuntimeFlags(holder),
         lambda trigger: reloader.reload(trigger).as_dict(),
+        telemetry.metrics.admin_change if telemetry.metrics is not None else None,
     )
     admin_runner = await _start_admin(options.admin, admin_app)
     background = [

@@ -45,6 +45,8 @@ _ACCOUNTING = web.AppKey[AccountingView | None]("accounting")
 _FLAGS = web.AppKey[FlagControl | None]("flags")
 Reload = Callable[[str], Mapping[str, Any]]
 _RELOAD = web.AppKey[Reload | None]("reload")
+ChangeCounter = Callable[[str], None]
+_ON_CHANGE = web.AppKey[ChangeCounter | None]("on_change")
 _MAX_DRAIN = 1000
 
 
@@ -66,13 +68,15 @@ def build_admin_app(
     accounting_view: AccountingView | None = None,
     flags: FlagControl | None = None,
     reload: Reload | None = None,
+    on_change: ChangeCounter | None = None,
 ) -> web.Application:
     """The admin application, reading live state through ``state_view``.
 
     ``accounting_view`` adds budgets and spend to ``/state`` (read from the counter
     store, which may be shared, hence awaited).
     """
-    app = web.Application()
+    app = web.Application(middlewares=[_count_changes])
+    app[_ON_CHANGE] = on_change
     app[_ACCOUNTING] = accounting_view
     app[_FLAGS] = flags
     app[_RELOAD] = reload
@@ -94,6 +98,16 @@ def build_admin_app(
     app.router.add_post("/canaries/{tier}/{model}", _set_canary)
     app.router.add_post("/breakers/{cluster}", _force_breaker)
     return app
+
+
+@web.middleware
+async def _count_changes(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Count every mutating call that changed something, by kind (its first path part)."""
+    response: web.StreamResponse = await handler(request)
+    counter = request.app[_ON_CHANGE]
+    if request.method == "POST" and response.status < 300 and counter is not None:
+        counter(request.path.strip("/").split("/", 1)[0])
+    return response
 
 
 _STATUS_PAGE = (Path(__file__).parent / "static" / "status.html").read_bytes()

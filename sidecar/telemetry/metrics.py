@@ -81,6 +81,10 @@ ERROR_CODES: Final = frozenset(
 )
 """Every error code the sidecar answers with."""
 
+ADMIN_CHANGE_KINDS: Final = frozenset(
+    {"flags", "alerts", "breakers", "canaries", "reload", "queues"}
+)
+
 RELOAD_RESULTS: Final = frozenset({"applied", "refused", "unchanged"})
 
 BREAKER_STATES: Final = {"closed": 0, "half_open": 1, "open": 2}
@@ -147,6 +151,12 @@ class Metrics:
             "ai_sidecar_canary_rollbacks_total",
             "Canaries rolled back on their own (weight set to 0).",
             ("model", "tier"),
+        )
+        self._admin_changes = self._counter(
+            "ai_sidecar_admin_changes_total",
+            "Admin calls that changed something, by kind: flags, alerts, breakers, "
+            "canaries, reload, queues.",
+            ("kind",),
         )
         self._flag_changes = self._counter(
             "ai_sidecar_flag_changes_total",
@@ -286,6 +296,10 @@ class Metrics:
             teams={t.team for t in policy.tenants.values() if t.team is not None},
             budgets=[budget.name for budget in policy.budgets],
         )
+
+    def admin_change(self, kind: str) -> None:
+        """Count an admin call that changed something."""
+        self._admin_changes.labels(kind if kind in ADMIN_CHANGE_KINDS else OTHER).inc()
 
     def policy_reloaded(self, result: str) -> None:
         """Count a reload: ``applied``, ``refused`` or ``unchanged``."""

@@ -144,3 +144,15 @@ async def test_an_operator_holds_a_breaker_open_then_lets_it_judge_again(fresh: 
         assert response.status == 404
     async with fresh.http.post(url, json={**hold, "state": "ajar"}, headers=TOKEN) as response:
         assert response.status == 400
+
+
+async def test_every_change_through_the_admin_api_is_counted(fresh: Harness) -> None:
+    switch_on = {"on": True, "actor": "oncall", "reason": "count me"}
+    assert (await switch(fresh, "chat-to-fallback", switch_on))[0] == 200
+    assert (await switch(fresh, "chat-to-fallback", switch_on, headers={}))[0] == 401
+    async with fresh.http.post(f"{SIDECAR_ADMIN_URL}/reload") as response:
+        assert response.status == 401, "reloading needs the token too"
+    async with fresh.http.get(f"{SIDECAR_ADMIN_URL}/metrics") as response:
+        metrics = await response.text()
+    assert 'ai_sidecar_admin_changes_total{kind="flags"} 1.0' in metrics
+    assert 'kind="reload"' not in metrics
