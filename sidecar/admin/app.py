@@ -241,8 +241,26 @@ async def _reload(request: web.Request) -> web.Response:
     reload = request.app[_RELOAD]
     if reload is None:
         return _error(404, "reload is not available")
-    result = dict(reload("admin API"))
+    who = await _optional_who(request)
+    if isinstance(who, web.Response):
+        return who
+    result = dict(reload(f"admin API, {who}" if who else "admin API"))
     return web.json_response(result, status=422 if result["result"] == "refused" else 200)
+
+
+async def _optional_who(request: web.Request) -> str | web.Response:
+    """``actor: reason`` from an optional JSON body; a 400 when the body is malformed."""
+    if not request.can_read_body:
+        return ""
+    try:
+        payload = await request.json()
+    except ValueError:
+        return _error(400, "body is not JSON")
+    if not isinstance(payload, dict) or not all(
+        isinstance(payload.get(field, ""), str) for field in ("actor", "reason")
+    ):
+        return _error(400, 'send nothing, or {"actor": "...", "reason": "..."}')
+    return f"{payload.get('actor', '')}: {payload.get('reason', '')}".strip(": ")
 
 
 def _refuse_unauthorized(request: web.Request) -> web.Response | None:

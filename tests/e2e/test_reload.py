@@ -98,7 +98,10 @@ async def test_a_broken_policy_is_refused_and_routing_goes_on(
             return 'ai_sidecar_policy_reloads_total{result="refused"} 1.0' in text
 
         await wait_until(refused_by_the_watcher)
-        async with http.post(f"{replica.sidecar_admin_url}/reload", headers=TOKEN) as response:
+        who = {"actor": "release-bot", "reason": "deploy 42"}
+        async with http.post(
+            f"{replica.sidecar_admin_url}/reload", json=who, headers=TOKEN
+        ) as response:
             assert response.status == 422
             answer = await response.json()
         assert answer["result"] == "refused"
