@@ -4,8 +4,9 @@ One Python process runs its event loop on one core. ``--workers N`` starts N wor
 processes, each a whole sidecar (``serve`` with ``--worker-index i``), all listening
 on the same ``host:port`` with ``SO_REUSEPORT``: the kernel spreads Envoy's
 connections over them. This process only supervises: it forwards SIGTERM and SIGINT
-to the workers, waits for them, and if one of them ends on its own, stops the others
-and exits with an error, so that whatever runs the sidecar restarts it whole.
+to the workers (and SIGHUP, so that each reloads its policy), waits for them, and if
+one of them ends on its own, stops the others and exits with an error, so that
+whatever runs the sidecar restarts it whole.
 
 Each worker is a sidecar of its own, like a replica: its breakers learn from the calls
 it makes, its pools hold its own slots (a pool of 16 admits up to 16 per worker), and
@@ -79,7 +80,15 @@ def supervise(argv: Sequence[str], workers: int) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    children = [
+    children: list[subprocess.Popen[bytes]] = []
+
+    def reload_all(signum: int, frame: FrameType | None) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reload_all)
+    children += [
         # preexec_fn is safe here: the supervisor has started no threads.
         subprocess.Popen(worker_argv(argv, index), preexec_fn=_die_with_parent)
         for index in range(workers)

@@ -60,6 +60,10 @@ class FlagBoard:
         self._index()
         return change
 
+    @property
+    def specs(self) -> dict[str, FlagSpec]:
+        return dict(self._specs)
+
     def carry_over(self, earlier: "FlagBoard") -> None:
         """Keep the state and last change of every flag that is still defined."""
         for name in self._states:

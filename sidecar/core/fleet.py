@@ -77,7 +77,10 @@ class Fleet:
             earlier._in_flight.setdefault(name, 0)
         self._in_flight = earlier._in_flight
         self.pools.carry_over(earlier.pools)
-        self.flags.carry_over(earlier.flags)
+        if earlier.flags.specs == self.flags.specs:
+            self.flags = earlier.flags  # shared: a switch from either runtime counts for both
+        else:
+            self.flags.carry_over(earlier.flags)
         self.canaries.carry_over(earlier.canaries)
         self.slos.carry_over(earlier.slos)
         self.recent_transitions = earlier.recent_transitions

@@ -83,11 +83,12 @@ def route(
     route_spec = tier.routes.get(model) if tier is not None else None
     if route_spec is None:
         return model_not_in_tier(model, request.tenant.tier)
+    downgrade = request.downgrade_reason or _flag_downgrade(fleet, request.tenant.tier, model)
     variant = _variant(request, route_spec, fleet, model)
-    chain = route_spec.chain_for(variant) if variant is not None else route_spec.chain
+    # A downgraded request walks the route's own chain: the canary is not cheaper.
+    chain = route_spec.chain_for(variant) if variant and downgrade is None else route_spec.chain
     candidates = [Candidate(policy.clusters[name], depth) for depth, name in enumerate(chain)]
     passed_over: tuple[tuple[ClusterName, str], ...] = ()
-    downgrade = request.downgrade_reason or _flag_downgrade(fleet, request.tenant.tier, model)
     if downgrade is not None and len(candidates) > 1:
         passed_over = ((candidates[0].cluster.name, downgrade),)
         candidates = candidates[1:]

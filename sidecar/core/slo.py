@@ -125,11 +125,18 @@ class SloBoard:
         return None
 
     def carry_over(self, earlier: "SloBoard") -> None:
-        """Keep the windows of every SLO that did not change."""
+        """Keep the windows of every SLO that did not change.
+
+        A changed one that was burning starts burning, so that its flag goes off once
+        the new windows recover.
+        """
         for model, tracker in self._trackers.items():
             kept = earlier._trackers.get(model)
             if kept is not None and kept.spec == tracker.spec:
                 self._trackers[model] = kept
+            elif kept is not None and kept.burning and kept.spec.flag == tracker.spec.flag:
+                # Its flag is on: the new windows must be able to switch it off again.
+                tracker.burning = True
 
     def snapshot(self, now: float) -> dict[str, Any]:
         view: dict[str, Any] = {}

@@ -85,3 +85,17 @@ def test_a_missing_file_or_a_changed_store_is_refused(tmp_path: Path) -> None:
     assert result.result == "refused"
     assert "restart the sidecar" in result.problems[0]
     assert holder.current is before
+
+
+def test_unchanged_flags_are_one_board_for_both_runtimes(tmp_path: Path) -> None:
+    path, holder, reloader = setup(tmp_path)
+    old = holder.current
+    path.write_text(
+        path.read_text().replace(
+            "max_concurrent: 16\n    max_waiting: 16\n    max_wait_s: 2",
+            "max_concurrent: 15\n    max_waiting: 16\n    max_wait_s: 2",
+        )
+    )
+    assert reloader.reload("test").result == "applied"
+    old.set_flag("degraded-mode", True, "slo/chat", "a request that began before the reload")
+    assert holder.current.fleet.flags.is_on("degraded-mode")

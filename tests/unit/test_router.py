@@ -8,7 +8,7 @@ from sidecar.core.fleet import Fleet
 from sidecar.core.identity import PresentedIdentity, identify
 from sidecar.core.router import ActivePolicy, RouteRequest, route
 from sidecar.domain.api import Endpoint
-from sidecar.domain.ids import TenantId, TierName
+from sidecar.domain.ids import ModelName, TenantId, TierName
 from sidecar.domain.outcome import Decision, Rejection
 from sidecar.domain.policy import Policy, TenantSpec
 from sidecar.domain.secret import Secret
@@ -259,3 +259,23 @@ def test_a_downgrade_of_a_one_cluster_route_keeps_the_cluster(demo_active: Activ
     )
     assert isinstance(decision, Decision)
     assert decision.cluster == "openai-premium"
+
+
+def test_a_downgraded_canary_request_walks_the_routes_own_chain(
+    demo_active: ActivePolicy,
+) -> None:
+    paid = demo_active.policy.tenants[TenantId("demo-paid")]
+    fleet_ = fleet(demo_active)
+    fleet_.canaries.set_weight((TierName("paid"), ModelName("chat")), 100, "test")
+    canary = route(RouteRequest(paid, Endpoint.OPENAI_CHAT, "chat"), demo_active, fleet_, 0.0)
+    assert isinstance(canary, Decision)
+    assert (canary.cluster, canary.variant) == ("enterprise-dedicated", "canary")
+    downgraded = route(
+        RouteRequest(paid, Endpoint.OPENAI_CHAT, "chat", downgrade_reason="budget"),
+        demo_active,
+        fleet_,
+        0.0,
+    )
+    assert isinstance(downgraded, Decision)
+    assert downgraded.cluster == "openai-cheap"
+    assert downgraded.skipped == (("openai-premium", "budget"),)

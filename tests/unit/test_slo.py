@@ -1,5 +1,7 @@
 """SLO burn: windows, the two-window rule that switches the flag, and what counts as bad."""
 
+from dataclasses import replace
+
 import pytest
 
 from sidecar.core.slo import BurnWindow, SloBoard, request_was_bad
@@ -77,3 +79,17 @@ def test_what_spends_error_budget(
     outcome: str, status: int | None, ttfb: float | None, latency: float | None, bad: bool | None
 ) -> None:
     assert request_was_bad(outcome, status, ttfb, latency) is bad
+
+
+def test_a_changed_slo_that_was_burning_can_still_switch_its_flag_off() -> None:
+    earlier = SloBoard({CHAT: SPEC})
+    now = 0.0
+    for _ in range(10):
+        earlier.observe(CHAT, True, now)
+        now += 0.1
+    assert earlier.snapshot(now)[CHAT]["burning"]
+    later = SloBoard({CHAT: replace(SPEC, objective=0.95)})
+    later.carry_over(earlier)
+    verdict = later.observe(CHAT, False, now + 100)
+    assert verdict is not None
+    assert not verdict.on

@@ -142,3 +142,15 @@ def test_a_lone_sidecar_refuses_a_port_another_one_listens_on(tmp_path: Path) ->
         assert f"cannot listen on 127.0.0.1:{grpc_port}" in second.log.read_text()
     finally:
         first.stop()
+
+
+def test_sighup_reaches_every_worker_and_stops_none(tmp_path: Path) -> None:
+    sidecar, admin_port = start_workers(tmp_path)
+    try:
+        sidecar.process.send_signal(signal.SIGHUP)
+        poll_until(lambda: sidecar.log.read_text().count("policy reload: no change") == 2)
+        assert sidecar.process.poll() is None
+        assert ready(admin_port)
+        assert ready(admin_port + 1)
+    finally:
+        sidecar.stop()
