@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument(
+        "--envoy-config",
+        type=Path,
+        default=None,
+        help="Envoy config to check the policy against, at start and on every reload",
+    )
+    serve.add_argument(
         "--watch",
         type=float,
         default=1.0,
@@ -224,6 +230,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         args.decision_log,
         args.worker_index,
         args.watch,
+        args.envoy_config,
     )
     try:
         policy = load_policy(options.policy_path)
@@ -234,6 +241,12 @@ def _serve_command(args: argparse.Namespace) -> int:
         print(error.render(), file=sys.stderr)
         return EXIT_BAD_INPUT
     active = ActivePolicy(policy, credentials)
+    if args.envoy_config is not None:
+        envoy_problems = check_envoy_config(policy, args.envoy_config)
+        if envoy_problems:
+            for problem in envoy_problems:
+                print(problem.render(str(options.policy_path)), file=sys.stderr)
+            return EXIT_BAD_INPUT
     try:
         redis_url_of(policy.store, os.environ)
     except StoreConfigError as error:

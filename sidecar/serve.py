@@ -48,6 +48,7 @@ class ServeOptions:
     decision_log: str = "info"
     worker_index: int | None = None
     watch_s: float = 1.0
+    envoy_config: Path | None = None
 
 
 async def serve(options: ServeOptions, active: ActivePolicy) -> None:
@@ -56,7 +57,7 @@ async def serve(options: ServeOptions, active: ActivePolicy) -> None:
     store = build_store(active.policy.store, os.environ)
     holder = RuntimeHolder(RoutingRuntime(active, MonotonicClock(), Accounting(store)))
     telemetry = _telemetry(options, active, holder, streams)
-    reloader = PolicyReloader(options.policy_path, os.environ, holder)
+    reloader = PolicyReloader(options.policy_path, os.environ, holder, options.envoy_config)
     if telemetry.metrics is not None:
         metrics = telemetry.metrics
         reloader.listeners.append(lambda result: _count_reload(metrics, holder, result))
@@ -71,7 +72,11 @@ async def serve(options: ServeOptions, active: ActivePolicy) -> None:
 
     def state_view() -> dict[str, Any]:
         runtime = holder.current
-        policy = {"digest": runtime.active.policy.digest, "file": str(options.policy_path)}
+        policy = {
+            "digest": runtime.active.policy.digest,
+            "file": str(options.policy_path),
+            "last_reload": reloader.last,
+        }
         return {
             "version": __version__,
             "policy": policy,

@@ -156,7 +156,13 @@ class DemoStack:
             env,
         )
         self.sidecar = _sidecar_process(
-            "sidecar", layout.policy, SIDECAR_LISTEN, SIDECAR_ADMIN, layout.log_dir, env
+            "sidecar",
+            layout.policy,
+            layout.envoy_config,
+            SIDECAR_LISTEN,
+            SIDECAR_ADMIN,
+            layout.log_dir,
+            env,
         )
         self.envoy = _envoy_process("envoy", layout.envoy_config, ENVOY_ADMIN, layout.log_dir, env)
 
@@ -251,6 +257,7 @@ class ReplicaStack:
         self.sidecar = _sidecar_process(
             f"sidecar of replica {index}",
             layout.policy,
+            layout.envoy_config,
             ends.sidecar_listen,
             ends.sidecar_admin,
             layout.log_dir,
@@ -505,13 +512,18 @@ def _environment(extra_env: Mapping[str, str]) -> dict[str, str]:
 def _sidecar_process(
     name: str,
     policy: Path,
+    envoy_config: Path,
     listen: str,
     admin: tuple[str, int],
     log_dir: Path,
     env: Mapping[str, str],
 ) -> ManagedProcess:
-    """The sidecar's own command line, ready once its admin ``/readyz`` answers."""
+    """The sidecar's own command line, ready once its admin ``/readyz`` answers.
+
+    It checks its policy against ``envoy_config`` at start and on every reload.
+    """
     argv = [sys.executable, "-m", "sidecar", "serve", "--policy", str(policy)]
+    argv += ["--envoy-config", str(envoy_config)]
     argv += ["--listen", listen, "--admin", _address(admin)]
     return ManagedProcess(
         name, argv, f"http://{_address(admin)}/readyz", log_dir / "sidecar.log", env

@@ -25,6 +25,7 @@ from sidecar.domain.outcome import (
 )
 from sidecar.domain.policy import Policy, RouteSpec, TenantSpec
 from sidecar.domain.secret import Secret
+from sidecar.providers.translate import can_serve
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,7 @@ def route(
     if passed_over:
         filtered = replace(filtered, skipped=passed_over + filtered.skipped)
     if not filtered.remaining:
-        if all(reason.startswith("does not serve") for _, reason in filtered.skipped):
+        if not any(can_serve(request.endpoint, policy.clusters[name].provider) for name in chain):
             return endpoint_not_served(model, request.endpoint.path)
         return Unavailable(model, filtered.skipped)
     chosen = filtered.remaining[0]

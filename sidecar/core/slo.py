@@ -157,7 +157,7 @@ class SloBoard:
 
 def _reason(what: str, short: float, long: float, spec: SloSpec) -> str:
     return (
-        f"SLO {spec.objective:.3%}: {what} (burn rate {short:.1f} over "
-        f"{spec.short_window_s:g}s, {long:.1f} over {spec.long_window_s:g}s; "
+        f"SLO {spec.objective:.3%}: {what} (burn rate {short:.2f} over "
+        f"{spec.short_window_s:g}s, {long:.2f} over {spec.long_window_s:g}s; "
         f"threshold {spec.burn_rate:g})"
     )

@@ -3,8 +3,10 @@
 The :class:`PolicyReloader` reads the file again when asked (SIGHUP, the admin API's
 ``POST /reload``) or when its content changes (:meth:`PolicyReloader.watch` polls it).
 A new policy goes through the same checks as at start (schema, references, provider
-credentials in the environment); then a successor runtime takes over for new requests
-(:meth:`RoutingRuntime.successor`: live state carries over for what did not change),
+credentials in the environment, and, when the sidecar knows Envoy's configuration
+(``serve --envoy-config``), the clusters and failover aggregates it needs there);
+then a successor runtime takes over for new requests (:meth:`RoutingRuntime.successor`:
+live state carries over for what did not change),
 while requests under way finish under the policy they started with. A file that fails
 any check is refused with its problems in the log and a metric, and the running policy
 goes on serving. The ``state`` section cannot change while running: the store is built
@@ -15,12 +17,14 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.core.router import ActivePolicy
 from sidecar.engine.runtime import RoutingRuntime
+from sidecar.policy.envoy_check import check_envoy_config
 from sidecar.policy.loader import load_policy, resolve_credentials
 from sidecar.policy.problems import PolicyError
 
@@ -49,10 +53,19 @@ class ReloadResult:
 class PolicyReloader:
     """Reloads one policy file into a :class:`RuntimeHolder`."""
 
-    def __init__(self, path: Path, environ: Mapping[str, str], holder: RuntimeHolder) -> None:
+    def __init__(
+        self,
+        path: Path,
+        environ: Mapping[str, str],
+        holder: RuntimeHolder,
+        envoy_config: Path | None = None,
+    ) -> None:
         self._path = path
         self._environ = environ
         self._holder = holder
+        self._envoy_config = envoy_config
+        self.last: dict[str, object] | None = None
+        """The last reload's result, trigger, problems and time, for the state view."""
         self._seen = _fingerprint(path)
         self.listeners: list[Callable[[ReloadResult], None]] = []
 
@@ -67,6 +80,11 @@ class PolicyReloader:
             return self._done(ReloadResult("refused", running.digest, problems), trigger)
         if policy.digest == running.digest:
             return self._done(ReloadResult("unchanged", policy.digest), trigger)
+        if self._envoy_config is not None:
+            envoy_problems = check_envoy_config(policy, self._envoy_config)
+            if envoy_problems:
+                rendered = tuple(p.render(str(self._path)) for p in envoy_problems)
+                return self._done(ReloadResult("refused", running.digest, rendered), trigger)
         if policy.store != running.store:
             problem = f"{self._path}: the 'state' section changed: restart the sidecar to apply it"
             return self._done(ReloadResult("refused", running.digest, (problem,)), trigger)
@@ -85,6 +103,7 @@ class PolicyReloader:
 
     def _done(self, result: ReloadResult, trigger: str) -> ReloadResult:
         fields = {"trigger": trigger, "digest": result.digest, "problems": list(result.problems)}
+        self.last = {"result": result.result, "at": time.time(), **fields}
         if result.result == "refused":
             log.error("policy reload refused; the running policy goes on", extra=fields)
         elif result.result == "applied":

@@ -45,7 +45,11 @@ async def metrics(http: aiohttp.ClientSession, replica: ReplicaStack) -> str:
 
 
 def policy_copy(tmp_path: Path) -> Path:
+    """The demo policy without the paid chat canary, whose chain would follow the route."""
     text = DEMO_POLICY.read_text()
+    start = text.index("        # A canary:")
+    end = text.index("\n", text.index("rollback: {window", start)) + 1
+    text = text[:start] + text[end:]
     assert text.count(PAID_CHAT_ROUTE) == 1
     path = tmp_path / "policy.yaml"
     path.write_text(text)

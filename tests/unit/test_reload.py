@@ -10,7 +10,7 @@ from sidecar.domain.ids import ClusterName
 from sidecar.engine.reload import PolicyReloader, RuntimeHolder
 from sidecar.engine.runtime import RoutingRuntime
 from sidecar.policy.loader import load_policy, resolve_credentials
-from tests.conftest import DEMO_CREDENTIALS, DEMO_POLICY
+from tests.conftest import DEMO_CREDENTIALS, DEMO_POLICY, ENVOY_CONFIG
 
 PREMIUM = ClusterName("openai-premium")
 CHEAP = ClusterName("openai-cheap")
@@ -99,3 +99,26 @@ def test_unchanged_flags_are_one_board_for_both_runtimes(tmp_path: Path) -> None
     assert reloader.reload("test").result == "applied"
     old.set_flag("degraded-mode", True, "slo/chat", "a request that began before the reload")
     assert holder.current.fleet.flags.is_on("degraded-mode")
+
+
+def test_a_policy_envoy_cannot_serve_is_refused_when_the_envoy_config_is_known(
+    tmp_path: Path,
+) -> None:
+    path, holder, _ = setup(tmp_path)
+    reloader = PolicyReloader(path, DEMO_CREDENTIALS, holder, ENVOY_CONFIG)
+    before = holder.current
+    # A chain order no aggregate cluster of envoy/envoy.yaml serves.
+    path.write_text(
+        path.read_text().replace(
+            "chat: {cluster: openai-cheap, fallback: [ollama-local]}",
+            "chat: {cluster: ollama-local, fallback: [openai-cheap]}",
+        )
+    )
+    result = reloader.reload("test")
+    assert result.result == "refused"
+    assert any(
+        "no aggregate cluster 'chain--ollama-local--openai-cheap'" in p for p in result.problems
+    )
+    assert holder.current is before
+    assert reloader.last is not None
+    assert reloader.last["result"] == "refused"

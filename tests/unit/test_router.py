@@ -279,3 +279,17 @@ def test_a_downgraded_canary_request_walks_the_routes_own_chain(
     assert isinstance(downgraded, Decision)
     assert downgraded.cluster == "openai-cheap"
     assert downgraded.skipped == (("openai-premium", "budget"),)
+
+
+def test_a_passed_over_request_for_an_endpoint_no_cluster_serves_is_still_refused(
+    demo_active: ActivePolicy,
+) -> None:
+    paid = demo_active.policy.tenants[TenantId("demo-paid")]
+    outcome = route(
+        RouteRequest(paid, Endpoint.OPENAI_CHAT, "fraud-score", downgrade_reason="flag"),
+        demo_active,
+        fleet(demo_active),
+        0.0,
+    )
+    assert isinstance(outcome, Rejection)
+    assert outcome.code == "unsupported_endpoint"
