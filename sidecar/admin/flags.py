@@ -138,8 +138,10 @@ def _alert_switch(alert: Any, position: int, receiver: str) -> Switch | None:
     if flag is None:
         return None
     status = alert.get("status")
-    if status not in ("firing", "resolved") or not isinstance(flag, str):
-        raise BadCallError(f"{where}: needs 'status' firing or resolved and a string {FLAG_LABEL}")
+    if not isinstance(flag, str):
+        raise BadCallError(f"{where}: label {FLAG_LABEL} must be a flag name (text)")
+    if status not in ("firing", "resolved"):
+        raise BadCallError(f"{where}: 'status' must be firing or resolved, not {status!r}")
     firing_state = labels.get(STATE_LABEL, "on")
     if firing_state not in ("on", "off"):
         raise BadCallError(f"{where}: label {STATE_LABEL} must be 'on' or 'off'")
