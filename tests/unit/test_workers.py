@@ -7,6 +7,7 @@ others down and the supervisor reports it. A lone sidecar never shares its port.
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,11 +79,12 @@ def ready(admin_port: int) -> bool:
         return False
 
 
-def poll_until(condition: Callable[[], bool]) -> None:
+def poll_until(condition: Callable[[], bool], log: Path | None = None) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail("the sidecar did not get ready in time")
+            tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+            pytest.fail(f"the sidecar did not get ready in time; its log ends:\n{tail}")
         time.sleep(0.05)
 
 
@@ -90,15 +92,38 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
+def admin_ports(grpc_port: int) -> int:
+    """A free port whose next one is free too (two workers' admin ports), neither gRPC's."""
+    for _ in range(100):
+        port = free_port()
+        if grpc_port not in (port, port + 1) and port_free(port + 1):
+            return port
+    pytest.fail("no two free consecutive ports")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def start_workers(tmp_path: Path) -> tuple[Sidecar, int]:
-    grpc_port, admin_port = free_port(), free_port()
+    grpc_port = free_port()
+    admin_port = admin_ports(grpc_port)
     sidecar = Sidecar(
         tmp_path / "sidecar.log",
         "--listen", f"127.0.0.1:{grpc_port}",
         "--admin", f"127.0.0.1:{admin_port}",
         "--workers", "2",
     )  # fmt: skip
-    poll_until(lambda: ready(admin_port) and ready(admin_port + 1))
+    try:
+        poll_until(lambda: ready(admin_port) and ready(admin_port + 1), sidecar.log)
+    except BaseException:
+        sidecar.stop()
+        raise
     return sidecar, admin_port
 
 
