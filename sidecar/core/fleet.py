@@ -22,6 +22,7 @@ from sidecar.core.breaker import (
 from sidecar.core.bulkhead import PoolSet
 from sidecar.core.canary import CanaryBoard
 from sidecar.core.flags import FlagBoard
+from sidecar.core.latency import LatencyBoard
 from sidecar.core.slo import SloBoard
 from sidecar.domain.ids import ClusterName, ModelName, TierName
 from sidecar.domain.policy import Policy
@@ -48,6 +49,7 @@ class Fleet:
         self._in_flight = dict.fromkeys(policy.clusters, 0)
         self.pools = PoolSet(list(policy.pools))
         self.flags = FlagBoard(policy.flags)
+        self.latency = LatencyBoard(list(policy.clusters))
         self.slos = SloBoard(
             {name: spec.slo for name, spec in policy.models.items() if spec.slo is not None}
         )
@@ -83,6 +85,7 @@ class Fleet:
             self.flags.carry_over(earlier.flags)
         self.canaries.carry_over(earlier.canaries)
         self.slos.carry_over(earlier.slos)
+        self.latency.carry_over(earlier.latency)
         self.recent_transitions = earlier.recent_transitions
 
     def breaker_admits(self, cluster: ClusterName, now: float) -> bool:
@@ -137,7 +140,8 @@ class Fleet:
         return max(1, math.ceil(soonest))
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """Breakers, load and pools as plain data, for the admin state view."""
+        """Breakers, load, live latency and pools as plain data, for the admin state view."""
+        latency = self.latency.snapshot(now)
         clusters = {}
         for name, breaker in self.breakers.items():
             calls, failure_rate, slow_rate = breaker.rates(now)
@@ -152,6 +156,7 @@ class Fleet:
                 "forced": breaker.forced.value if breaker.forced is not None else None,
                 "in_flight": self._in_flight[name],
                 "max_concurrent": self._limits[name],
+                "latency": latency[name],
             }
         return {
             "clusters": clusters,

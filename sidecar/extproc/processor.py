@@ -68,6 +68,7 @@ from sidecar.providers.response_rewrite import plan_rewrite
 from sidecar.providers.synthetic import answer_text, can_synthesize, synthesize
 from sidecar.providers.translate import needs_translation
 from sidecar.providers.upstream_request import upstream_request
+from sidecar.telemetry.record import RequestRecord
 from sidecar.telemetry.sinks import Telemetry
 from sidecar.telemetry.tracing import SpanHandle
 
@@ -135,8 +136,19 @@ class StreamProcessor:
         self._runtime.slo_outcome(
             record.model, record.outcome, record.status, record.time_to_first_byte_s
         )
+        self._observe_latency(record)
         if self._span is not None:
             self._telemetry.end(record, self._span)
+
+    def _observe_latency(self, record: RequestRecord) -> None:
+        """An answer without a server error tells its cluster's live latency."""
+        ttft, total = record.time_to_first_byte_s, record.duration_s
+        if record.outcome != "routed" or record.cluster is None or ttft is None:
+            return
+        if total is None or (record.status or 0) >= 500:
+            return
+        now = self._runtime.clock.now()
+        self._runtime.fleet.latency.observe(record.cluster, ttft, total, now)
 
     def _release(self) -> None:
         """Give everything back; the pool slot last, and even if a step before it fails."""

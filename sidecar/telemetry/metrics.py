@@ -426,12 +426,23 @@ def _state_families(snapshot: Mapping[str, Any]) -> list[Metric]:
     in_flight = _gauge(
         "ai_sidecar_cluster_in_flight", "Calls the cluster is answering now.", "cluster"
     )
+    latency = GaugeMetricFamily(
+        "ai_sidecar_cluster_latency_seconds",
+        "Live latency of the cluster's recent answered calls: p50 and p95 of the time to "
+        "first token (ttft) and of the total time.",
+        labels=("cluster", "kind", "quantile"),
+    )
     for name, cluster in snapshot.get("clusters", {}).items():
         state = BREAKER_STATES.get(str(cluster.get("breaker")))
         if state is not None:
             breaker.add_metric((str(name),), state)
         in_flight.add_metric((str(name),), float(cluster.get("in_flight", 0)))
-    return [breaker, in_flight, *_pool_families(snapshot.get("pools", {}))]
+        for key, value in (cluster.get("latency") or {}).items():
+            kind, _, quantile = key.removesuffix("_s").partition("_p")
+            if value is not None and quantile.isdigit():
+                label = f"{int(quantile) / 100:g}"
+                latency.add_metric((str(name), kind, label), float(value))
+    return [breaker, in_flight, latency, *_pool_families(snapshot.get("pools", {}))]
 
 
 def _pool_families(pools: Mapping[str, Mapping[str, Any]]) -> list[Metric]:

@@ -269,3 +269,29 @@ async def test_a_streamed_answer_reports_its_usage(
     assert span.attributes["ai_sidecar.stream"] is True
     (seen,) = await harness.recorded("openai-cheap")
     assert seen["json"]["stream_options"] == {"include_usage": True}, "asked for usage"
+
+
+async def test_live_latency_of_a_slowed_cluster_shows_in_state_and_metrics(fresh: Harness) -> None:
+    await fresh.servers["openai-premium"].set_fault(latency_ms=300, count=3)
+    for _ in range(3):
+        assert (await fresh.chat("sk-demo-paid")).status == 200
+
+    async def measured() -> bool:
+        latency = (await fresh.sidecar_state())["clusters"]["openai-premium"]["latency"]
+        return bool(latency["samples"] == 3)
+
+    await wait_until(measured)
+    latency = (await fresh.sidecar_state())["clusters"]["openai-premium"]["latency"]
+    assert latency["ttft_p95_s"] >= 0.3
+    assert latency["total_p50_s"] >= latency["ttft_p50_s"]
+    async with fresh.http.get(f"{SIDECAR_ADMIN_URL}/metrics") as response:
+        text = await response.text()
+    samples = {
+        (sample.labels["kind"], sample.labels["quantile"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ai_sidecar_cluster_latency_seconds"
+        and sample.labels["cluster"] == "openai-premium"
+    }
+    assert samples[("ttft", "0.95")] >= 0.3
+    assert set(samples) == {("ttft", "0.5"), ("ttft", "0.95"), ("total", "0.5"), ("total", "0.95")}
