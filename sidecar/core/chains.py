@@ -50,7 +50,9 @@ def failover_chains(policy: Policy) -> list[tuple[ClusterName, ...]]:
     """
     suffixes: set[tuple[ClusterName, ...]] = set()
     for tier in policy.tiers.values():
-        for route in tier.routes.values():
+        for model, route in tier.routes.items():
+            if policy.models[model].objective is not None:
+                continue  # one cluster chosen per request: no failover chain
             suffixes.update(chain_suffixes(route.chain))
             if route.canary is not None:
                 suffixes.update(chain_suffixes(route.chain_for(CANARY)))

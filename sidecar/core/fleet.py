@@ -49,7 +49,7 @@ class Fleet:
         self._in_flight = dict.fromkeys(policy.clusters, 0)
         self.pools = PoolSet(list(policy.pools))
         self.flags = FlagBoard(policy.flags)
-        self.latency = LatencyBoard(list(policy.clusters))
+        self.latency = LatencyBoard(list(policy.clusters), policy.latency_window_s)
         self.slos = SloBoard(
             {name: spec.slo for name, spec in policy.models.items() if spec.slo is not None}
         )
@@ -100,6 +100,9 @@ class Fleet:
 
     def downgraded_by(self, tier: TierName, model: ModelName) -> str | None:
         return self.flags.downgraded_by(tier, model)
+
+    def latency_p95(self, cluster: ClusterName, now: float) -> float | None:
+        return self.latency.summary(cluster, now).total_p95
 
     def canary_weight(self, tier: TierName, model: ModelName) -> float:
         return self.canaries.weight((tier, model))

@@ -12,15 +12,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from sidecar.core.canary import variant_of
-from sidecar.core.pipeline import Candidate, FleetView, PipelineRequest, apply_filters
+from sidecar.core.objective import pick
+from sidecar.core.pipeline import (
+    Candidate,
+    Filtered,
+    FleetView,
+    PipelineRequest,
+    apply_filters,
+)
 from sidecar.core.pipeline.filters import DEFAULT_FILTERS
 from sidecar.domain.api import Endpoint
 from sidecar.domain.ids import ClusterName, ModelName, TierName
+from sidecar.domain.objective import ObjectiveSpec, TaskFacts
 from sidecar.domain.outcome import (
     Decision,
     Rejection,
     endpoint_not_served,
     model_not_in_tier,
+    no_capable_cluster,
     unknown_model,
 )
 from sidecar.domain.policy import Policy, RouteSpec, TenantSpec
@@ -54,6 +63,8 @@ class RouteRequest:
     downgrade_reason: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     """Trusted request headers (a canary sticky per user reads its user header)."""
+    task: TaskFacts | None = None
+    """What an objective-routed request needs and its task family."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +113,9 @@ def route(
         if not any(can_serve(request.endpoint, policy.clusters[name].provider) for name in chain):
             return endpoint_not_served(model, request.endpoint.path)
         return Unavailable(model, filtered.skipped)
+    objective = policy.models[model].objective
+    if objective is not None and request.task is not None:
+        return _objective_decision(request, active, fleet, now, filtered, objective)
     chosen = filtered.remaining[0]
     return Decision(
         tenant=request.tenant.tenant_id,
@@ -116,6 +130,37 @@ def route(
         chain_rest=chain[chosen.depth :],
         hops=_usable_run(filtered.remaining),
         variant=variant,
+    )
+
+
+def _objective_decision(
+    request: RouteRequest,
+    active: ActivePolicy,
+    fleet: FleetView,
+    now: float,
+    filtered: Filtered,
+    objective: ObjectiveSpec,
+) -> Decision | Rejection:
+    """One cluster chosen by the objective among those the filters left (no failover)."""
+    assert request.task is not None
+    model = ModelName(request.requested_model)
+    chosen = pick(filtered.remaining, request.task, objective, lambda c: fleet.latency_p95(c, now))
+    if chosen.chosen is None:
+        return no_capable_cluster(model, chosen.reason)
+    cluster = chosen.chosen.cluster
+    return Decision(
+        tenant=request.tenant.tenant_id,
+        tier=request.tenant.tier,
+        requested_model=model,
+        cluster=cluster.name,
+        upstream_model=cluster.upstream_model,
+        credential=active.credentials.get(cluster.name),
+        reason=chosen.reason,
+        fallback_depth=0 if chosen.met else 1,
+        skipped=filtered.skipped,
+        chain_rest=(cluster.name,),
+        hops=1,
+        objective_met=chosen.met,
     )
 
 

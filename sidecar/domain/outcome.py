@@ -33,6 +33,8 @@ class Decision:
     hops: int = 1
     variant: str | None = None
     """``canary`` or ``baseline`` on a route with a canary; None elsewhere."""
+    objective_met: bool | None = None
+    """On an objective-routed model: whether the chosen cluster met the bar."""
 
     @property
     def failover_hops(self) -> tuple[ClusterName, ...]:
@@ -266,4 +268,14 @@ def invalid_job_id(header: str) -> Rejection:
         "invalid_job_id",
         f"The '{header}' header must be a job id of 1 to 128 letters, digits, "
         "'_', '.', ':' or '-'.",
+    )
+
+
+def no_capable_cluster(model: ModelName, why: str) -> Rejection:
+    """Objective routing found no cluster of the route that can take the request at all."""
+    return Rejection(
+        400,
+        "invalid_request_error",
+        "unsupported_request",
+        f"No cluster serving the model '{model}' can take this request: {why}.",
     )

@@ -19,6 +19,7 @@ from sidecar.domain.api import Provider
 from sidecar.domain.canary import CANARY, CanarySpec
 from sidecar.domain.flags import FlagSpec
 from sidecar.domain.ids import ClusterName, ModelName, TenantId, TierName
+from sidecar.domain.objective import ObjectiveSpec, ProfileSpec
 from sidecar.domain.resilience import BreakerConfig, PoolConfig
 from sidecar.domain.slo import SloSpec
 
@@ -54,6 +55,7 @@ class ClusterSpec:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     max_concurrent: int | None = None
     price: Price | None = None
+    profile: ProfileSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,7 @@ class ModelSpec:
     paths: tuple[str, ...] = ()
     cost_cache: CostCacheSpec | None = None
     slo: SloSpec | None = None
+    objective: ObjectiveSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,7 @@ class Policy:
     store: StoreSpec = field(default_factory=StoreSpec)
     assumed_max_tokens: int = DEFAULT_ASSUMED_MAX_TOKENS
     flags: Mapping[str, FlagSpec] = field(default_factory=dict)
+    latency_window_s: float = 300.0
 
     def rate_limit_of(self, tenant: TenantSpec) -> RateLimitSpec | None:
         """The tenant's own rate limit, else its tier's, else None."""

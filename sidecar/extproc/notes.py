@@ -69,6 +69,9 @@ class RequestNotes:
         record.skipped = [(str(name), why) for name, why in decision.skipped]
         record.breaker_state = self._runtime.fleet.breakers[decision.cluster].state.value
         record.variant = decision.variant
+        record.objective_met = decision.objective_met
+        if decision.objective_met is False:
+            record.event("objective_missed", self._runtime.clock.now(), reason=decision.reason)
         now = self._runtime.clock.now()
         for name, why in decision.skipped:
             record.event("fallback", now, from_cluster=str(name), reason=why)
@@ -144,6 +147,10 @@ class RequestNotes:
         price = cluster.price if cluster is not None else None
         if price is not None:
             record.cost_usd = price.cost_usd(watch.usage.input_tokens, watch.usage.output_tokens)
+
+    def task(self, task: str) -> None:
+        if self.record is not None:
+            self.record.task = task
 
     def variant_outcome(self, decision: Decision) -> None:
         """Tell the canary judge how the request's variant did; note a rollback it causes."""

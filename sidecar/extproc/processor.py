@@ -46,6 +46,7 @@ from sidecar.core.priority import priority_of
 from sidecar.core.router import RouteRequest, Unavailable
 from sidecar.domain.api import Endpoint
 from sidecar.domain.ids import ClusterName, ModelName
+from sidecar.domain.objective import TaskFacts
 from sidecar.domain.outcome import (
     Decision,
     Rejection,
@@ -64,8 +65,10 @@ from sidecar.extproc.answer_watch import AnswerWatch
 from sidecar.extproc.cost_control import CostControl, job_of
 from sidecar.extproc.notes import RequestNotes
 from sidecar.providers.body import RequestBody, parse_body_for, rewrite_model, wants_stream
+from sidecar.providers.request_facts import max_output_tokens
 from sidecar.providers.response_rewrite import plan_rewrite
 from sidecar.providers.synthetic import answer_text, can_synthesize, synthesize
+from sidecar.providers.task import task_facts
 from sidecar.providers.translate import needs_translation
 from sidecar.providers.upstream_request import upstream_request
 from sidecar.telemetry.record import RequestRecord
@@ -243,6 +246,7 @@ class StreamProcessor:
             refused = await self._take_slot(request)
         if refused is not None:
             return self._reject(refused, request.endpoint)
+        task = self._task_facts(request, body, len(http_body.body))
         outcome = self._runtime.decide(
             RouteRequest(
                 request.tenant,
@@ -250,6 +254,7 @@ class StreamProcessor:
                 body.model,
                 cost.downgrade_reason,
                 request.headers,
+                task,
             )
         )
         if isinstance(outcome, Rejection):
@@ -257,6 +262,17 @@ class StreamProcessor:
         if isinstance(outcome, Unavailable):
             return self._descend_ladder(request, body, outcome)
         return self._send_upstream(request, body, outcome)
+
+    def _task_facts(self, request: _Request, body: RequestBody, size: int) -> TaskFacts | None:
+        """The task facts of a request for a model with an objective (else None)."""
+        policy = self._runtime.active.policy
+        spec = policy.models.get(ModelName(body.model))
+        if spec is None or spec.objective is None:
+            return None
+        output = max_output_tokens(request.endpoint, body, policy.assumed_max_tokens)
+        facts = task_facts(request.endpoint, body, request.headers, spec.objective, size, output)
+        self._notes.task(facts.task)
+        return facts
 
     async def _take_slot(self, request: _Request) -> Rejection | None:
         policy = self._runtime.active.policy

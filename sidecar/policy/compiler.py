@@ -45,9 +45,12 @@ from sidecar.policy.accounting_compiler import (
 from sidecar.policy.flags_compiler import (
     build_canary,
     build_flags,
+    build_objective,
+    build_profile,
     build_slo,
     canary_problems,
     flag_problems,
+    objective_problems,
     slo_problems,
 )
 from sidecar.policy.yaml_source import FieldPath
@@ -96,6 +99,7 @@ def _reference_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
     yield from flag_problems(message)
     yield from canary_problems(message)
     yield from slo_problems(message)
+    yield from objective_problems(message)
 
 
 def _is_json(text: str) -> bool:
@@ -244,6 +248,7 @@ def _build(message: Any, digest: str) -> Policy:
         store=build_store(message),
         assumed_max_tokens=message.limits.assumed_max_tokens or DEFAULT_ASSUMED_MAX_TOKENS,
         flags=build_flags(message),
+        latency_window_s=message.routing.latency_window_s or 300.0,
     )
 
 
@@ -269,6 +274,7 @@ def _cluster(name: str, cluster: Any, policy_breaker: Any) -> ClusterSpec:
             if cluster.HasField("price")
             else None
         ),
+        profile=build_profile(cluster),
     )
 
 
@@ -325,6 +331,7 @@ def _model(name: str, model: Any) -> ModelSpec:
         tuple(model.paths),
         build_cost_cache(model),
         build_slo(model),
+        build_objective(model),
     )
 
 

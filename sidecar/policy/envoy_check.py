@@ -79,6 +79,8 @@ def _failover_problems(policy: Policy, config: dict[str, Any], source: Path) -> 
     seen: set[str] = set()
     for tier_name, tier in sorted(policy.tiers.items()):
         for model, route in sorted(tier.routes.items()):
+            if policy.models[model].objective is not None:
+                continue  # objective routing sends each request to one cluster
             chains = [route.chain] + ([route.chain_for(CANARY)] if route.canary else [])
             for suffix in (suffix for chain in chains for suffix in chain_suffixes(chain)):
                 hops.update(suffix)

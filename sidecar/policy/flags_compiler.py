@@ -1,4 +1,4 @@
-"""Compiling the policy's runtime controls: feature flags, canaries and SLOs."""
+"""Compiling the policy's runtime controls: flags, canaries, SLOs and objectives."""
 
 from collections.abc import Iterator
 from types import MappingProxyType
@@ -13,6 +13,13 @@ from sidecar.domain.canary import (
 )
 from sidecar.domain.flags import FlagSpec
 from sidecar.domain.ids import ClusterName, ModelName, TierName
+from sidecar.domain.objective import (
+    BEST_ACCURACY,
+    DEFAULT_TASK,
+    ObjectiveSpec,
+    ProfileSpec,
+    TaskRuleSpec,
+)
 from sidecar.domain.slo import (
     DEFAULT_BURN_RATE,
     DEFAULT_LONG_WINDOW_S,
@@ -130,4 +137,55 @@ def build_slo(model: Any) -> SloSpec | None:
         long_window_s=slo.long_window_s or DEFAULT_LONG_WINDOW_S,
         burn_rate=slo.burn_rate or DEFAULT_BURN_RATE,
         minimum_requests=slo.minimum_requests or SLO_MINIMUM_REQUESTS,
+    )
+
+
+def objective_problems(message: Any) -> Iterator[tuple[FieldPath, str]]:
+    """Objectives whose candidates have no profile to judge them by."""
+    for name, model in sorted(message.models.items()):
+        if not model.HasField("objective"):
+            continue
+        objective = model.objective
+        if not objective.max_p95_s and not objective.min_accuracy:
+            yield (("models", name, "objective"), "set max_p95_s, min_accuracy or both")
+        for tier_name, tier in sorted(message.tiers.items()):
+            route = tier.routes.get(name)
+            if route is None:
+                continue
+            for cluster in (route.cluster, *route.fallback):
+                known = message.clusters.get(cluster)
+                if known is not None and objective.min_accuracy and not known.HasField("profile"):
+                    yield (
+                        ("tiers", tier_name, "routes", name),
+                        f"cluster '{cluster}' has no profile, so its accuracy is unknown "
+                        "to the objective",
+                    )
+
+
+def build_profile(cluster: Any) -> ProfileSpec | None:
+    if not cluster.HasField("profile"):
+        return None
+    profile = cluster.profile
+    return ProfileSpec(
+        capabilities=frozenset(profile.capabilities),
+        context_window_tokens=profile.context_window_tokens or None,
+        accuracy=MappingProxyType(dict(profile.accuracy)),
+        accuracy_source=profile.accuracy_source,
+    )
+
+
+def build_objective(model: Any) -> ObjectiveSpec | None:
+    if not model.HasField("objective"):
+        return None
+    spec = model.objective
+    rules = tuple(
+        TaskRuleSpec(rule.task, rule.min_prompt_chars, rule.has_tools) for rule in spec.task_rules
+    )
+    return ObjectiveSpec(
+        max_p95_s=spec.max_p95_s or None,
+        min_accuracy=spec.min_accuracy or None,
+        when_none_meets=spec.when_none_meets or BEST_ACCURACY,
+        task_header=spec.task_header or None,
+        task_rules=rules,
+        default_task=spec.default_task or DEFAULT_TASK,
     )

@@ -72,6 +72,7 @@ ERROR_CODES: Final = frozenset(
         "budget_exceeded",
         "rate_limit_exceeded",
         "invalid_job_id",
+        "unsupported_request",
         # sidecar/extproc
         "sidecar_misconfigured",
         "sidecar_internal_error",

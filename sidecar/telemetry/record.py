@@ -73,6 +73,10 @@ class RequestRecord:
     cost_usd: float | None = None
     variant: str | None = None
     """``canary`` or ``baseline`` on a route with a canary."""
+    task: str | None = None
+    """The task family of an objective-routed request."""
+    objective_met: bool | None = None
+    """Whether the cluster chosen met the model's objective (None: no objective)."""
     variant_failed: bool | None = None
     """Whether the variant's own cluster failed the request (None: not judged), even
     when another cluster then answered it."""

@@ -649,6 +649,8 @@ def span_attributes(record: RequestRecord) -> dict[str, AttributeValue]:
         "ai_sidecar.decision_reason": record.reason,
         "ai_sidecar.rung": record.rung,
         "ai_sidecar.variant": record.variant,
+        "ai_sidecar.task": record.task,
+        "ai_sidecar.objective_met": record.objective_met,
         "ai_sidecar.fallback_depth": record.fallback_depth,
         "ai_sidecar.skipped": [f"{cluster}: {why}" for cluster, why in record.skipped] or None,
         "ai_sidecar.pool": record.pool,

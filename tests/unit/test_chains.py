@@ -83,6 +83,9 @@ class Fleet:
     def canary_weight(self, tier: str, model: str) -> float:
         return 0.0
 
+    def latency_p95(self, cluster: str, now: float) -> float | None:
+        return None
+
 
 def _decide(
     active: ActivePolicy, fleet: Fleet, endpoint: Endpoint = Endpoint.OPENAI_CHAT

@@ -44,6 +44,8 @@ class FleetView(Protocol):
 
     def canary_weight(self, tier: TierName, model: ModelName) -> float: ...
 
+    def latency_p95(self, cluster: ClusterName, now: float) -> float | None: ...
+
 
 class CandidateFilter(Protocol):
     """Excludes candidates that must not take the request."""
