@@ -1,4 +1,4 @@
-"""Command line: ``serve``, ``check``, ``envoy-chains``, ``hash-key`` and ``health``.
+"""The command line: serve, check, envoy-chains, hash-key, health, plan and simulate.
 
 ``serve`` loads and checks the policy here, then either supervises worker processes
 (:mod:`sidecar.workers`) or runs one sidecar (:mod:`sidecar.serve`, which wires the
@@ -8,6 +8,7 @@ servers together).
 import argparse
 import asyncio
 import getpass
+import json
 import logging
 import os
 import sys
@@ -19,6 +20,10 @@ from sidecar.core.chains import failover_chains
 from sidecar.core.identity import key_digest
 from sidecar.core.router import ActivePolicy
 from sidecar.logs import configure_logging
+from sidecar.planning.plan import cheapest_meeting, plan, render_table, write_json
+from sidecar.planning.simulate import load_failures, simulate
+from sidecar.planning.simulate import render as render_report
+from sidecar.planning.traffic import TrafficError, load_traffic
 from sidecar.policy.envoy_chains import ChainOptions, render_aggregates
 from sidecar.policy.envoy_check import check_envoy_config
 from sidecar.policy.loader import load_policy, resolve_credentials
@@ -47,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "envoy-chains": _envoy_chains_command,
         "hash-key": _hash_key_command,
         "health": _health_command,
+        "plan": _plan_command,
+        "simulate": _simulate_command,
     }[args.command]
     return handler(args)
 
@@ -131,7 +138,63 @@ def _parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="exit 0 if the gRPC service reports SERVING")
     health.add_argument("--address", default=DEFAULT_LISTEN, help="gRPC target to ask")
     health.add_argument("--timeout", type=float, default=2.0)
+
+    planner = commands.add_parser(
+        "plan", help="monthly cost, p95 and accuracy of the policy for a traffic mix"
+    )
+    planner.add_argument("--policy", type=Path, required=True, help="policy YAML file")
+    planner.add_argument("--traffic", type=Path, required=True, help="traffic mix YAML file")
+    planner.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+    simulator = commands.add_parser(
+        "simulate", help="a day of traffic and failures through the routing core, fake clock"
+    )
+    simulator.add_argument("--policy", type=Path, required=True, help="policy YAML file")
+    simulator.add_argument("--traffic", type=Path, required=True, help="traffic mix YAML file")
+    simulator.add_argument("--failures", type=Path, required=True, help="failure script YAML")
+    simulator.add_argument("--seed", type=int, default=1, help="random seed (1)")
+    simulator.add_argument("--json", type=Path, default=None, help="also write the report here")
     return parser
+
+
+def _plan_command(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.policy)
+        traffic = load_traffic(args.traffic)
+        results = plan(policy, traffic)
+    except PolicyError as error:
+        print(error.render(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrafficError as error:
+        print(f"plan: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(render_table(results, traffic))
+    if args.json is not None:
+        write_json(results, args.json)
+        print(f"written: {args.json}")
+    return 0 if cheapest_meeting(results) is not None else 1
+
+
+def _simulate_command(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.policy)
+        traffic = load_traffic(args.traffic)
+        duration_s, failures = load_failures(args.failures)
+    except PolicyError as error:
+        print(error.render(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (TrafficError, OSError) as error:
+        print(f"simulate: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    # Simulated calls carry no credential: stand-ins keep credential_env checks quiet.
+    stand_ins = {spec.credential_env: "simulated" for spec in policy.clusters.values()}
+    credentials = resolve_credentials(policy, {k: v for k, v in stand_ins.items() if k}, "")
+    report = simulate(ActivePolicy(policy, credentials), traffic, duration_s, failures, args.seed)
+    print(render_report(report, duration_s))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report.summary(), indent=2) + "\n")
+        print(f"written: {args.json}")
+    return 0
 
 
 def _admin_address(value: str) -> str:
