@@ -56,14 +56,21 @@ class BadCallError(ValueError):
     """The call cannot be carried out as sent; the message says why."""
 
 
-def parse_flag_call(name: str, payload: Any) -> Switch:
-    """The switch ``POST /flags/{name}`` asks for, or :class:`BadCallError`."""
+def _call_object(payload: Any, field: str, example: str) -> dict[str, Any]:
+    """``payload`` if it is an object of ``field``, ``actor`` and ``reason`` only."""
     if not isinstance(payload, dict):
-        raise BadCallError('send a JSON object: {"on": true, "actor": "...", "reason": "..."}')
-    unknown = sorted(set(payload) - {"on", "actor", "reason"})
+        raise BadCallError(
+            f'send a JSON object: {{"{field}": {example}, "actor": "...", "reason": "..."}}'
+        )
+    unknown = sorted(set(payload) - {field, "actor", "reason"})
     if unknown:
         raise BadCallError(f"unknown field(s): {', '.join(unknown)}")
-    on = payload.get("on")
+    return payload
+
+
+def parse_flag_call(name: str, payload: Any) -> Switch:
+    """The switch ``POST /flags/{name}`` asks for, or :class:`BadCallError`."""
+    on = _call_object(payload, "on", "true").get("on")
     if not isinstance(on, bool):
         raise BadCallError("'on' must be true or false")
     return Switch(name, on, _text(payload, "actor"), _text(payload, "reason"))
@@ -80,14 +87,7 @@ class Weight:
 
 def parse_weight_call(payload: Any) -> Weight:
     """The weight ``POST /canaries/{tier}/{model}`` asks for, or :class:`BadCallError`."""
-    if not isinstance(payload, dict):
-        raise BadCallError(
-            'send a JSON object: {"weight_percent": 10, "actor": ..., "reason": ...}'
-        )
-    unknown = sorted(set(payload) - {"weight_percent", "actor", "reason"})
-    if unknown:
-        raise BadCallError(f"unknown field(s): {', '.join(unknown)}")
-    weight = payload.get("weight_percent")
+    weight = _call_object(payload, "weight_percent", "10").get("weight_percent")
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 100:
         raise BadCallError("'weight_percent' must be a number from 0 to 100")
     return Weight(float(weight), _text(payload, "actor"), _text(payload, "reason"))
@@ -104,12 +104,7 @@ class Hold:
 
 def parse_breaker_call(payload: Any) -> Hold:
     """The hold ``POST /breakers/{cluster}`` asks for, or :class:`BadCallError`."""
-    if not isinstance(payload, dict):
-        raise BadCallError('send a JSON object: {"state": "open", "actor": "...", "reason": "..."}')
-    unknown = sorted(set(payload) - {"state", "actor", "reason"})
-    if unknown:
-        raise BadCallError(f"unknown field(s): {', '.join(unknown)}")
-    state = payload.get("state")
+    state = _call_object(payload, "state", '"open"').get("state")
     if state not in ("open", "closed", "auto"):
         raise BadCallError("'state' must be open, closed or auto")
     return Hold(state, _text(payload, "actor"), _text(payload, "reason"))
