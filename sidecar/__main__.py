@@ -179,7 +179,7 @@ def _simulate_command(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.policy)
         traffic = load_traffic(args.traffic)
-        duration_s, failures = load_failures(args.failures)
+        duration_s, failures = load_failures(args.failures, policy)
     except PolicyError as error:
         print(error.render(), file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -101,8 +101,10 @@ class Fleet:
     def downgraded_by(self, tier: TierName, model: ModelName) -> str | None:
         return self.flags.downgraded_by(tier, model)
 
-    def latency_p95(self, cluster: ClusterName, now: float) -> float | None:
-        return self.latency.summary(cluster, now).total_p95
+    def latency_p95(self, cluster: ClusterName, now: float, min_samples: int = 1) -> float | None:
+        """The cluster's live p95 of total time; None with fewer than ``min_samples``."""
+        summary = self.latency.summary(cluster, now)
+        return summary.total_p95 if summary.samples >= min_samples else None
 
     def canary_weight(self, tier: TierName, model: ModelName) -> float:
         return self.canaries.weight((tier, model))

@@ -32,12 +32,19 @@ def pick(
     facts: TaskFacts,
     spec: ObjectiveSpec,
     p95: Callable[[ClusterName], float | None],
+    cheapest_only: bool = False,
 ) -> Pick:
-    """Choose among ``candidates`` for a request with ``facts`` under ``spec``."""
+    """Choose among ``candidates`` for a request with ``facts`` under ``spec``.
+
+    ``cheapest_only``: the cheapest candidate that can take the request, bar or not.
+    """
     able = [c for c in candidates if _can_take(c, facts)]
     if not able:
         needs = ", ".join(sorted(facts.needs))
         return Pick(None, False, f"no cluster can take it (needs {needs}, {facts.tokens} tokens)")
+    if cheapest_only:
+        chosen = min(able, key=lambda c: (_cost(c, facts), c.depth))
+        return Pick(chosen, _meets(chosen, facts, spec, p95), "downgraded: the cheapest cluster")
     meeting = [c for c in able if _meets(c, facts, spec, p95)]
     if meeting:
         chosen = min(meeting, key=lambda c: (_cost(c, facts), c.depth))

@@ -15,7 +15,6 @@ from sidecar.core.canary import variant_of
 from sidecar.core.objective import pick
 from sidecar.core.pipeline import (
     Candidate,
-    Filtered,
     FleetView,
     PipelineRequest,
     apply_filters,
@@ -23,7 +22,7 @@ from sidecar.core.pipeline import (
 from sidecar.core.pipeline.filters import DEFAULT_FILTERS
 from sidecar.domain.api import Endpoint
 from sidecar.domain.ids import ClusterName, ModelName, TierName
-from sidecar.domain.objective import ObjectiveSpec, TaskFacts
+from sidecar.domain.objective import TaskFacts
 from sidecar.domain.outcome import (
     Decision,
     Rejection,
@@ -96,6 +95,9 @@ def route(
     if route_spec is None:
         return model_not_in_tier(model, request.tenant.tier)
     downgrade = request.downgrade_reason or _flag_downgrade(fleet, request.tenant.tier, model)
+    objective = policy.models[model].objective
+    if objective is not None and request.task is not None:
+        return _objective_route(request, active, fleet, now, route_spec.chain, downgrade)
     variant = _variant(request, route_spec, fleet, model)
     # A downgraded request walks the route's own chain: the canary is not cheaper.
     chain = route_spec.chain_for(variant) if variant and downgrade is None else route_spec.chain
@@ -113,9 +115,6 @@ def route(
         if not any(can_serve(request.endpoint, policy.clusters[name].provider) for name in chain):
             return endpoint_not_served(model, request.endpoint.path)
         return Unavailable(model, filtered.skipped)
-    objective = policy.models[model].objective
-    if objective is not None and request.task is not None:
-        return _objective_decision(request, active, fleet, now, filtered, objective)
     chosen = filtered.remaining[0]
     return Decision(
         tenant=request.tenant.tenant_id,
@@ -133,18 +132,40 @@ def route(
     )
 
 
-def _objective_decision(
+def _objective_route(
     request: RouteRequest,
     active: ActivePolicy,
     fleet: FleetView,
     now: float,
-    filtered: Filtered,
-    objective: ObjectiveSpec,
-) -> Decision | Rejection:
-    """One cluster chosen by the objective among those the filters left (no failover)."""
+    chain: tuple[ClusterName, ...],
+    downgrade: str | None,
+) -> Decision | Rejection | Unavailable:
+    """One cluster chosen by the objective among those the filters leave (no failover).
+
+    Under a downgrade (a flag or a budget) the cheapest cluster that can take the
+    request wins, bar or not: a downgrade is there to spend less.
+    """
     assert request.task is not None
+    policy = active.policy
     model = ModelName(request.requested_model)
-    chosen = pick(filtered.remaining, request.task, objective, lambda c: fleet.latency_p95(c, now))
+    objective = policy.models[model].objective
+    assert objective is not None
+    candidates = [Candidate(policy.clusters[name], depth) for depth, name in enumerate(chain)]
+    filtered = apply_filters(
+        candidates, DEFAULT_FILTERS, PipelineRequest(request.endpoint, now), fleet
+    )
+    if not filtered.remaining:
+        if not any(can_serve(request.endpoint, policy.clusters[name].provider) for name in chain):
+            return endpoint_not_served(model, request.endpoint.path)
+        return Unavailable(model, filtered.skipped)
+    floor = objective.min_latency_samples
+    chosen = pick(
+        filtered.remaining,
+        request.task,
+        objective,
+        lambda c: fleet.latency_p95(c, now, floor),
+        cheapest_only=downgrade is not None,
+    )
     if chosen.chosen is None:
         return no_capable_cluster(model, chosen.reason)
     cluster = chosen.chosen.cluster
@@ -155,8 +176,8 @@ def _objective_decision(
         cluster=cluster.name,
         upstream_model=cluster.upstream_model,
         credential=active.credentials.get(cluster.name),
-        reason=chosen.reason,
-        fallback_depth=0 if chosen.met else 1,
+        reason=f"{downgrade}: {chosen.reason}" if downgrade else chosen.reason,
+        fallback_depth=0 if chosen.met and downgrade is None else 1,
         skipped=filtered.skipped,
         chain_rest=(cluster.name,),
         hops=1,

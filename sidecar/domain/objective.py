@@ -41,6 +41,7 @@ class ObjectiveSpec:
     task_header: str | None = None
     task_rules: tuple[TaskRuleSpec, ...] = ()
     default_task: str = DEFAULT_TASK
+    min_latency_samples: int = 10
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,9 @@ class VariantResult:
 
 def plan(policy: Policy, traffic: Traffic) -> list[VariantResult]:
     """Every variant's result, the policy's first, then each single cluster, by cost."""
+    unknown = sorted(set(traffic.p95_s) - set(policy.clusters))
+    if unknown:
+        raise TrafficError(f"p95_s names clusters the policy lacks: {', '.join(unknown)}")
     candidates = {entry: _candidates(policy, entry) for entry in traffic.mix}
     variants = {
         POLICY_VARIANT: {e: _policy_choice(policy, traffic, e, candidates[e]) for e in traffic.mix}
@@ -61,8 +64,10 @@ def cheapest_meeting(results: list[VariantResult]) -> VariantResult | None:
 def _candidates(policy: Policy, entry: MixEntry) -> list[ClusterSpec]:
     tier = policy.tiers.get(TierName(entry.tier))
     route = tier.routes.get(ModelName(entry.model)) if tier is not None else None
+    if tier is None:
+        raise TrafficError(f"mix: unknown tier '{entry.tier}' (known: {', '.join(policy.tiers)})")
     if route is None:
-        raise TrafficError(f"tier '{entry.tier}' has no route for model '{entry.model}'")
+        raise TrafficError(f"mix: tier '{entry.tier}' has no route for model '{entry.model}'")
     return [policy.clusters[name] for name in route.chain]
 
 
@@ -75,7 +80,12 @@ def _policy_choice(
     facts = TaskFacts(entry.task, frozenset({"chat"}), entry.prompt_tokens, entry.completion_tokens)
     options = [Candidate(cluster, depth) for depth, cluster in enumerate(candidates)]
     chosen = pick(options, facts, objective, lambda name: traffic.p95_s.get(name)).chosen
-    return chosen.cluster if chosen is not None else candidates[0]
+    if chosen is None:
+        raise TrafficError(
+            f"mix: no cluster of tier '{entry.tier}' for '{entry.model}' can take a request of "
+            f"{entry.prompt_tokens + entry.completion_tokens} tokens (context windows)"
+        )
+    return chosen.cluster
 
 
 def _result(name: str, choice: dict[MixEntry, ClusterSpec], traffic: Traffic) -> VariantResult:

@@ -7,7 +7,7 @@ latency: a decision's clusters are tried in order, as Envoy would fail over, and
 failure script decides how each call goes (a cluster ``down`` fails every call, a
 ``slow`` one answers after ``latency_s``; otherwise a cluster answers within its
 expected p95). Requests no cluster can take go down the degradation ladder. The report
-gives availability, which rung answered what, spend, and latency, and the wall time
+gives availability, which rung answered what, spend, and latency, and the CPU time
 the simulation took.
 """
 
@@ -56,7 +56,7 @@ class Report:
     spend_usd: float = 0.0
     latencies: list[float] = field(default_factory=list)
     breaker_trips: int = 0
-    wall_s: float = 0.0
+    cpu_s: float = 0.0
 
     @property
     def availability(self) -> float:
@@ -74,27 +74,54 @@ class Report:
             "latency_p50_s": nearest_rank(ordered, 0.5),
             "latency_p95_s": nearest_rank(ordered, 0.95),
             "breaker_trips": self.breaker_trips,
-            "wall_s": round(self.wall_s, 2),
+            "cpu_s": round(self.cpu_s, 2),
         }
 
 
-def load_failures(path: Path) -> tuple[float, tuple[Failure, ...]]:
-    """The simulated duration and the failure script from a YAML file."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    failures = []
-    for position, item in enumerate(data.get("failures") or []):
-        if not isinstance(item, dict) or item.get("mode") not in ("down", "slow"):
-            raise TrafficError(f"{path}: failures[{position}]: needs cluster, mode down or slow")
-        failures.append(
-            Failure(
-                str(item["cluster"]),
-                float(item.get("from_s", 0)),
-                float(item.get("to_s", 0)),
-                str(item["mode"]),
-                float(item.get("latency_s", 0)),
-            )
-        )
-    return float(data.get("duration_s", 86_400)), tuple(failures)
+def load_failures(path: Path, policy: Policy) -> tuple[float, tuple[Failure, ...]]:
+    """The simulated duration and the failure script from a YAML file, checked."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise TrafficError(f"{path}: cannot read: {error}") from None
+    if not isinstance(data, dict):
+        raise TrafficError(f"{path}: expected a mapping with duration_s and failures")
+    duration = _positive(path, "duration_s", data.get("duration_s", 86_400))
+    failures = tuple(
+        _failure(path, f"failures[{n}]", item, policy)
+        for n, item in enumerate(data.get("failures") or [])
+    )
+    return duration, failures
+
+
+def _failure(path: Path, where: str, item: Any, policy: Policy) -> Failure:
+    if not isinstance(item, dict) or item.get("mode") not in ("down", "slow"):
+        raise TrafficError(f"{path}: {where}: needs a cluster and mode down or slow")
+    cluster = str(item.get("cluster", ""))
+    if ClusterName(cluster) not in policy.clusters:
+        known = ", ".join(sorted(policy.clusters))
+        raise TrafficError(f"{path}: {where}: unknown cluster '{cluster}' (known: {known})")
+    start = _number(path, f"{where}.from_s", item.get("from_s", 0))
+    end = _number(path, f"{where}.to_s", item.get("to_s"))
+    if end <= start:
+        raise TrafficError(f"{path}: {where}: to_s must come after from_s")
+    latency = 0.0
+    if item["mode"] == "slow":
+        latency = _positive(path, f"{where}.latency_s", item.get("latency_s"))
+    return Failure(cluster, start, end, str(item["mode"]), latency)
+
+
+def _number(path: Path, where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise TrafficError(f"{path}: {where}: expected a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _positive(path: Path, where: str, value: Any) -> float:
+    number = _number(path, where, value)
+    if number <= 0:
+        raise TrafficError(f"{path}: {where}: must be more than 0")
+    return number
 
 
 def simulate(
@@ -118,7 +145,7 @@ def simulate(
         entry = rng.choices(traffic.mix, weights)[0]
         _one(active, fleet, traffic, entry, tenants[entry], failures, now, rng, report)
         now += interval
-    report.wall_s = time.process_time() - started
+    report.cpu_s = time.process_time() - started
     return report
 
 
@@ -164,7 +191,8 @@ def _call(
             break  # Envoy would not get further than an open breaker's trial limit
         latency, failed = _outcome(cluster, traffic, failures, now, rng)
         waited += latency
-        result = CallResult(failed=failed, slow=latency > 10.0, detail="simulated")
+        slow_after = fleet.breakers[cluster].config.slow_call_s
+        result = CallResult(failed=failed, slow=latency > slow_after, detail="simulated")
         moves = fleet.finish_call(permit, result, now + latency)
         report.breaker_trips += sum(1 for move in moves if move.new.value == "open")
         if failed:
@@ -217,8 +245,8 @@ def _tenant_of(policy: Policy, tier: str) -> TenantSpec:
 def render(report: Report, duration_s: float) -> str:
     summary = report.summary()
     lines = [
-        f"simulated {duration_s / 3600:g} h: {report.requests:,} requests "
-        f"in {summary['wall_s']} s of CPU",
+        f"simulated {_duration(duration_s)}: {report.requests:,} requests "
+        f"in {summary['cpu_s']} s of CPU",
         f"availability (answered by a model): {report.availability:.4%}",
         "answered by: " + ", ".join(f"{k} {v:,}" for k, v in sorted(report.rungs.items())),
         "clusters: " + ", ".join(f"{k} {v:,}" for k, v in sorted(report.served_by.items())),
@@ -228,3 +256,9 @@ def render(report: Report, duration_s: float) -> str:
         f"breaker trips: {report.breaker_trips}",
     ]
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.4g} h"
+    return f"{seconds / 60:.4g} min"

@@ -61,8 +61,11 @@ def load_traffic(path: Path) -> Traffic:
     if abs(sum(entry.share for entry in mix) - 1.0) > 1e-6:
         raise TrafficError(f"{path}: the shares of 'mix' add up to {sum(e.share for e in mix):g}")
     bars = data.get("bars") or {}
+    monthly = _number(path, "requests_per_month", data.get("requests_per_month"))
+    if monthly <= 0:
+        raise TrafficError(f"{path}: requests_per_month must be more than 0")
     return Traffic(
-        requests_per_month=_number(path, "requests_per_month", data.get("requests_per_month")),
+        requests_per_month=monthly,
         mix=mix,
         p95_s={
             str(k): _number(path, f"p95_s.{k}", v) for k, v in (data.get("p95_s") or {}).items()

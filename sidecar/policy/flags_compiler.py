@@ -188,4 +188,5 @@ def build_objective(model: Any) -> ObjectiveSpec | None:
         task_header=spec.task_header or None,
         task_rules=rules,
         default_task=spec.default_task or DEFAULT_TASK,
+        min_latency_samples=spec.min_latency_samples or 10,
     )

@@ -21,9 +21,11 @@ pytestmark = pytest.mark.e2e
 
 
 def short_window_policy(directory: Path) -> Path:
-    """The demo policy with live latency judged over the last 3 s instead of 5 min."""
+    """The demo policy with live latency judged over the last 3 s instead of 5 min, from
+    the first sample on."""
     policy = yaml.safe_load(DEMO_POLICY.read_text())
     policy["routing"]["latency_window_s"] = 3
+    policy["models"]["assistant"]["objective"]["min_latency_samples"] = 1
     path = directory / "policy.yaml"
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return path

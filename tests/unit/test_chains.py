@@ -83,7 +83,7 @@ class Fleet:
     def canary_weight(self, tier: str, model: str) -> float:
         return 0.0
 
-    def latency_p95(self, cluster: str, now: float) -> float | None:
+    def latency_p95(self, cluster: str, now: float, min_samples: int = 1) -> float | None:
         return None
 
 

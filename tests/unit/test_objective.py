@@ -102,3 +102,11 @@ def test_task_facts(
     facts = task_facts(Endpoint.OPENAI_CHAT, body, headers, SPEC, body_bytes=400, output_tokens=50)
     assert (facts.task, facts.needs) == (task, frozenset(needs))
     assert facts.tokens == 150
+
+
+def test_a_downgrade_takes_the_cheapest_cluster_that_can_take_the_request() -> None:
+    chosen = pick(CANDIDATES, FACTS, SPEC, latency(), cheapest_only=True)
+    assert chosen.chosen is not None
+    assert chosen.chosen.cluster.name == "cheap"
+    assert not chosen.met, "cheap misses the accuracy bar: the downgrade says so"
+    assert "downgraded" in chosen.reason

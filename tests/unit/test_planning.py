@@ -7,7 +7,7 @@ import pytest
 from sidecar.__main__ import main
 from sidecar.core.router import ActivePolicy
 from sidecar.planning.plan import cheapest_meeting, plan
-from sidecar.planning.simulate import Failure, simulate
+from sidecar.planning.simulate import Failure, load_failures, simulate
 from sidecar.planning.traffic import TrafficError, load_traffic
 from sidecar.policy.loader import load_policy, resolve_credentials
 from tests.conftest import DEMO_CREDENTIALS, DEMO_POLICY, ROOT
@@ -64,7 +64,7 @@ def test_a_simulated_outage_moves_traffic_and_costs_little_availability(
     outage = (Failure("openai-premium", 1800.0, 3600.0, "down"),)
     report = simulate(active, traffic, 7200.0, outage)
     again = simulate(active, traffic, 7200.0, outage)
-    assert report.summary() | {"wall_s": 0} == again.summary() | {"wall_s": 0}
+    assert report.summary() | {"cpu_s": 0} == again.summary() | {"cpu_s": 0}
     assert report.requests == 27_778
     assert report.served_by["enterprise-dedicated"] > 0, "the outage moved traffic"
     assert report.served_by["openai-premium"] > report.served_by["enterprise-dedicated"]
@@ -95,3 +95,40 @@ def test_the_commands_print_their_tables(
     )  # fmt: skip
     assert code == 0
     assert "availability (answered by a model): 100.0000%" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("failures: [{mode: down, from_s: 0, to_s: 10}]\n", "unknown cluster ''"),
+        ("failures: [{cluster: openai-premum, mode: down, to_s: 10}]\n", "unknown cluster"),
+        ("failures: [{cluster: openai-premium, mode: slow, to_s: 10}]\n", "latency_s"),
+        ("failures: [{cluster: openai-premium, mode: down, from_s: 9, to_s: 1}]\n", "after"),
+        ("duration_s: 1h\n", "duration_s"),
+        ("- a list\n", "expected a mapping"),
+        ("failures: [\n", "cannot read"),
+    ],
+)
+def test_bad_failure_scripts_say_where(
+    active: ActivePolicy, tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "failures.yaml"
+    path.write_text(text)
+    with pytest.raises(TrafficError, match=message):
+        load_failures(path, active.policy)
+
+
+def test_the_planner_refuses_what_it_cannot_price(active: ActivePolicy, tmp_path: Path) -> None:
+    path = tmp_path / "traffic.yaml"
+    path.write_text(
+        "requests_per_month: 1000\np95_s: {openai-premum: 1}\n"
+        "mix: [{tier: paid, model: assistant, share: 1}]\n"
+    )
+    with pytest.raises(TrafficError, match="p95_s names clusters the policy lacks"):
+        plan(active.policy, load_traffic(path))
+    path.write_text(
+        "requests_per_month: 1000\n"
+        "mix: [{tier: paid, model: assistant, share: 1, prompt_tokens: 200000}]\n"
+    )
+    with pytest.raises(TrafficError, match="context windows"):
+        plan(active.policy, load_traffic(path))

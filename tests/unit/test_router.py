@@ -8,7 +8,8 @@ from sidecar.core.fleet import Fleet
 from sidecar.core.identity import PresentedIdentity, identify
 from sidecar.core.router import ActivePolicy, RouteRequest, route
 from sidecar.domain.api import Endpoint
-from sidecar.domain.ids import ModelName, TenantId, TierName
+from sidecar.domain.ids import ClusterName, ModelName, TenantId, TierName
+from sidecar.domain.objective import TaskFacts
 from sidecar.domain.outcome import Decision, Rejection
 from sidecar.domain.policy import Policy, TenantSpec
 from sidecar.domain.secret import Secret
@@ -293,3 +294,25 @@ def test_a_passed_over_request_for_an_endpoint_no_cluster_serves_is_still_refuse
     )
     assert isinstance(outcome, Rejection)
     assert outcome.code == "unsupported_endpoint"
+
+
+def test_an_objective_route_judges_latency_only_after_enough_samples(
+    demo_active: ActivePolicy,
+) -> None:
+    paid = demo_active.policy.tenants[TenantId("demo-paid")]
+    fleet_ = fleet(demo_active)
+    facts = TaskFacts("general", frozenset({"chat"}), 100, 100)
+    request = RouteRequest(paid, Endpoint.OPENAI_CHAT, "assistant", task=facts)
+    fleet_.latency.observe(ClusterName("openai-premium"), 3.0, 3.0, now=1.0)
+    first = route(request, demo_active, fleet_, 2.0)
+    assert isinstance(first, Decision)
+    assert first.cluster == "openai-premium", "one slow call is not enough to judge"
+    for _ in range(9):
+        fleet_.latency.observe(ClusterName("openai-premium"), 3.0, 3.0, now=1.0)
+    judged = route(request, demo_active, fleet_, 2.0)
+    assert isinstance(judged, Decision)
+    assert (judged.cluster, judged.objective_met) == ("enterprise-dedicated", True)
+    fleet_.flags.set("degraded-mode", True, "oncall", "spend less", now=3.0)
+    downgraded = route(request, demo_active, fleet_, 3.0)
+    assert isinstance(downgraded, Decision)
+    assert (downgraded.cluster, downgraded.rung) == ("openai-cheap", "fallback")

@@ -44,7 +44,9 @@ class FleetView(Protocol):
 
     def canary_weight(self, tier: TierName, model: ModelName) -> float: ...
 
-    def latency_p95(self, cluster: ClusterName, now: float) -> float | None: ...
+    def latency_p95(
+        self, cluster: ClusterName, now: float, min_samples: int = 1
+    ) -> float | None: ...
 
 
 class CandidateFilter(Protocol):
