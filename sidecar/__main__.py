@@ -59,7 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sidecar", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m sidecar",
+        description="The AI routing sidecar for Envoy: serve it, check a policy, plan and "
+        "simulate one before deploy.",
+    )
     parser.add_argument("--version", action="version", version=f"ai-sidecar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
