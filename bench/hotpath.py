@@ -34,11 +34,13 @@ from sidecar.engine.runtime import RoutingRuntime
 from sidecar.extproc.processor import StreamProcessor
 from sidecar.logs import configure_logging
 from sidecar.policy.loader import load_policy, resolve_credentials
+from sidecar.telemetry.decision_log import DecisionLog
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.sinks import Telemetry
 from sidecar.telemetry.tracing import Tracing
 
 REPO = Path(__file__).resolve().parent.parent
+_DEVNULL = open(os.devnull, "w")  # noqa: SIM115 - decision lines go nowhere, for the whole run
 ANSWER = json.dumps(
     {
         "id": "chatcmpl-bench",
@@ -111,7 +113,7 @@ def build_runtime() -> tuple[RoutingRuntime, Telemetry]:
     runtime = RoutingRuntime(active, MonotonicClock())
     tracing = Tracing.from_environment(environ, __version__)
     metrics = Metrics(policy.models, policy.clusters, policy.tiers, known_tenants=policy.tenants)
-    return runtime, Telemetry(tracing, metrics, logging.INFO)
+    return runtime, Telemetry(tracing, metrics, DecisionLog(logging.INFO, lambda: _DEVNULL))
 
 
 async def run_requests(runtime: RoutingRuntime, telemetry: Telemetry, setup: Setup, n: int) -> None:
@@ -164,10 +166,6 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     options = parser.parse_args()
     configure_logging("info")
-    # The decision log line is built and formatted, then written to nowhere.
-    handler = logging.getLogger().handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(open(os.devnull, "w"))  # noqa: SIM115 - for the whole run
     for setup in (SIDECAR, SIDECAR_CHAIN):
         micros = measure(setup, options.requests)
         print(f"{setup.name:14} {micros:7.1f} us of sidecar CPU per request (in process)")

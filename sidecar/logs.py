@@ -20,7 +20,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": _timestamp(record.created),
+            "time": timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -33,21 +33,37 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def _timestamp(created: float) -> str:
-    """``created`` as ISO 8601 in UTC with milliseconds (2026-11-22T17:20:08.123+00:00).
+_second_prefix: tuple[int, str] = (0, "")
+"""The last whole second formatted, and its text: lines of one second share it."""
 
-    Formatted by hand from ``time.gmtime``: ``datetime.isoformat`` costs several times
-    more, on every decision log line.
+
+def timestamp(created: float | None = None) -> str:
+    """``created`` (now if None) as ISO 8601 in UTC with milliseconds.
+
+    For example ``2026-11-22T17:20:08.123+00:00``. Formatted by hand from
+    ``time.gmtime``, and the seconds part once per second: ``datetime.isoformat``
+    costs several times more, on every decision log line.
     """
+    global _second_prefix
+    if created is None:
+        created = time.time()
     seconds = int(created)
     millis = int((created - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}+00:00"
+    cached_second, prefix = _second_prefix
+    if cached_second != seconds:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second_prefix = (seconds, prefix)
+    return f"{prefix}.{millis:03d}+00:00"
 
 
-def configure_logging(level: str) -> None:
-    """Send every log record to standard error as JSON, at ``level`` and above."""
+def configure_logging(level: str) -> logging.Handler:
+    """Send every log record to standard error as JSON, at ``level`` and above.
+
+    Returns the one handler, for the decision log to keep its lines ahead of the others.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    return handler

@@ -8,9 +8,11 @@ streams finish.
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ from sidecar.extproc.grpc_server import GrpcServer
 from sidecar.extproc.server import ExternalProcessorService, StreamRegistry
 from sidecar.state.factory import build_store, describe_store, keep_reconciling
 from sidecar.state.guarded import GuardedStore
+from sidecar.telemetry.decision_log import LOGGER_NAME as DECISIONS_LOGGER
+from sidecar.telemetry.decision_log import DecisionLog
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.sinks import Telemetry
 from sidecar.telemetry.tracing import Tracing
@@ -103,29 +107,30 @@ async def serve(options: ServeOptions, active: ActivePolicy) -> None:
     if options.watch_s > 0:
         background.append(asyncio.create_task(reloader.watch(options.watch_s)))
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: reloader.reload("SIGHUP"))
-    await grpc_server.start()
-    serving = True
-    log.info(
-        "serving",
-        extra={
-            "listen": options.listen,
-            "admin": options.admin,
-            "policy": active.policy.digest,
-            "store": describe_store(active.policy.store, os.environ),
-            "worker": options.worker_index,
-        },
-    )
-    await _wait_for_stop_signal()
-    serving = False
-    log.info("stopping", extra={"grace_s": options.grace_s, "open_streams": streams.active})
-    await grpc_server.stop(options.grace_s)
-    await holder.current.accounting.drain(options.grace_s)
-    for task in background:
-        task.cancel()
-    await store.close()
-    if admin_runner is not None:
-        await admin_runner.cleanup()
-    await asyncio.to_thread(telemetry.tracing.shutdown)
+    with _decision_lines_first(telemetry.decision_log):
+        await grpc_server.start()
+        serving = True
+        log.info(
+            "serving",
+            extra={
+                "listen": options.listen,
+                "admin": options.admin,
+                "policy": active.policy.digest,
+                "store": describe_store(active.policy.store, os.environ),
+                "worker": options.worker_index,
+            },
+        )
+        await _wait_for_stop_signal()
+        serving = False
+        log.info("stopping", extra={"grace_s": options.grace_s, "open_streams": streams.active})
+        await grpc_server.stop(options.grace_s)
+        await holder.current.accounting.drain(options.grace_s)
+        for task in background:
+            task.cancel()
+        await store.close()
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+        await asyncio.to_thread(telemetry.tracing.shutdown)
 
 
 def _drain(runtime: RoutingRuntime, model: str, limit: int) -> list[dict[str, Any]] | None:
@@ -178,12 +183,34 @@ def _telemetry(
         lambda rolled: metrics.canary_rolled_back(rolled.route[1], rolled.route[0])
     )
     metrics.set_flag_states(lambda: holder.current.fleet.flags.snapshot())
-    level = (
-        None
-        if options.decision_log == "off"
-        else logging.getLevelName(options.decision_log.upper())
-    )
-    return Telemetry(tracing, metrics, level)
+    return Telemetry(tracing, metrics, _decision_log(options.decision_log))
+
+
+def _decision_log(level_name: str) -> DecisionLog | None:
+    """The decision log at ``level_name``, or None if off or below the log level."""
+    if level_name == "off":
+        return None
+    level = logging.getLevelName(level_name.upper())
+    if not logging.getLogger(DECISIONS_LOGGER).isEnabledFor(level):
+        return None
+    return DecisionLog(level)
+
+
+@contextlib.contextmanager
+def _decision_lines_first(decision_log: DecisionLog | None) -> Iterator[None]:
+    """While serving, other log lines wait for the decision lines before them."""
+    if decision_log is None:
+        yield
+        return
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(decision_log.before_other_line)
+    try:
+        yield
+    finally:
+        decision_log.flush()
+        for handler in handlers:
+            handler.removeFilter(decision_log.before_other_line)
 
 
 class _RuntimeFlags:

@@ -10,23 +10,23 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from sidecar.telemetry.decision_log import DecisionLog
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.record import RequestRecord
 from sidecar.telemetry.tracing import SpanHandle, Tracing
 
 log = logging.getLogger("sidecar.telemetry")
-decisions = logging.getLogger("sidecar.decisions")
 
 
 class Telemetry:
     """The sinks of every request record."""
 
     def __init__(
-        self, tracing: Tracing, metrics: Metrics | None, decision_log_level: int | None
+        self, tracing: Tracing, metrics: Metrics | None, decision_log: DecisionLog | None
     ) -> None:
         self.tracing = tracing
         self.metrics = metrics
-        self._decision_level = decision_log_level
+        self.decision_log = decision_log
 
     @classmethod
     def disabled(cls) -> "Telemetry":
@@ -48,8 +48,11 @@ class Telemetry:
                 self.metrics.observe(record)
             except Exception:
                 log.exception("metrics sink failed")
-        if self._decision_level is not None and decisions.isEnabledFor(self._decision_level):
-            decisions.log(self._decision_level, "request", extra=decision_fields(record, span))
+        if self.decision_log is not None:
+            try:
+                self.decision_log.write(decision_fields(record, span))
+            except Exception:
+                log.exception("decision log sink failed")
 
 
 def decision_fields(record: RequestRecord, span: SpanHandle) -> dict[str, Any]:
