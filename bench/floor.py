@@ -6,8 +6,9 @@ every message at once with an empty reply of its kind (no parsing, no decision, 
 telemetry), an Envoy in front of it (``bench/floor-envoy.yaml``) and drives three
 routes of that Envoy with wrk: ``/plain`` (no ext_proc), ``/two`` (request headers and
 body only) and ``/four`` (the four messages of the sidecar's routing path). For each it
-prints requests per second, latency, and the CPU time per request of the server, read
-from ``/proc`` around the measured run, as ``make bench`` does.
+prints requests per second, latency, and the CPU time per request of the server and of
+Envoy (which also serves the fixed answer), read from ``/proc`` around the measured
+run, as ``make bench`` does.
 
 No sidecar can cost less than this server on the same route and machine: the gap
 between ``make bench``'s sidecar figure and the ``/four`` figure here is what the
@@ -75,6 +76,7 @@ class Row:
     p50_ms: float
     p99_ms: float
     server_cpu_us: float
+    envoy_cpu_us: float
     errors: int
 
 
@@ -86,15 +88,18 @@ class Run:
     warmup_s: float
     body_file: Path
     server_pid: int
+    envoy_pid: int
 
 
 def measure(route: str, messages: int, concurrency: int, run: Run) -> Row:
     load = Load(f"{FRONT}/{route}", run.body_file, "")
     if run.warmup_s > 0:
         run_wrk(load, concurrency, 1, run.warmup_s)
-    before = process_cpu_s(run.server_pid)
+    server_before, envoy_before = process_cpu_s(run.server_pid), process_cpu_s(run.envoy_pid)
     result = run_wrk(load, concurrency, 1, run.duration_s)
-    used_s = process_cpu_s(run.server_pid) - before
+    server_s = process_cpu_s(run.server_pid) - server_before
+    envoy_s = process_cpu_s(run.envoy_pid) - envoy_before
+    per_request_us = 1e6 / max(result.requests, 1)
     return Row(
         route,
         messages,
@@ -102,7 +107,8 @@ def measure(route: str, messages: int, concurrency: int, run: Run) -> Row:
         result.rps,
         result.p50_ms,
         result.p99_ms,
-        used_s / max(result.requests, 1) * 1e6,
+        server_s * per_request_us,
+        envoy_s * per_request_us,
         result.non_2xx + result.socket_errors,
     )
 
@@ -111,15 +117,16 @@ def report(rows: Sequence[Row]) -> str:
     plain = {row.concurrency: row for row in rows if row.route == "plain"}
     lines = [
         "| route | ext_proc messages | concurrency | req/s | p50 ms | p99 ms | added p50 ms"
-        " | added p99 ms | server CPU µs/req | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " | added p99 ms | server CPU µs/req | Envoy CPU µs/req | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         base = plain[row.concurrency]
         lines.append(
             f"| `/{row.route}` | {row.messages} | {row.concurrency} | {row.rps:,.0f} "
             f"| {row.p50_ms:.2f} | {row.p99_ms:.2f} | {row.p50_ms - base.p50_ms:+.2f} "
-            f"| {row.p99_ms - base.p99_ms:+.2f} | {row.server_cpu_us:,.0f} | {row.errors} |"
+            f"| {row.p99_ms - base.p99_ms:+.2f} | {row.server_cpu_us:,.0f} "
+            f"| {row.envoy_cpu_us:,.0f} | {row.errors} |"
         )
     return "\n".join(lines)
 
@@ -165,7 +172,8 @@ def run_all(options: argparse.Namespace) -> list[Row]:
             envoy.start()
             server.start()
             assert server.pid is not None
-            run = Run(options.duration, options.warmup, Path(body.name), server.pid)
+            assert envoy.pid is not None
+            run = Run(options.duration, options.warmup, Path(body.name), server.pid, envoy.pid)
             for concurrency in options.concurrency:
                 for route, messages in ROUTES:
                     row = measure(route, messages, concurrency, run)
