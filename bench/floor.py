@@ -3,9 +3,11 @@
 What does ext_proc cost in Python's gRPC before any routing work? This starts an
 ext_proc server in the same gRPC library and event loop as the sidecar that answers
 every message at once with an empty reply of its kind (no parsing, no decision, no
-telemetry), an Envoy in front of it (``bench/floor-envoy.yaml``) and drives three
+telemetry), an Envoy in front of it (``bench/floor-envoy.yaml``) and drives four
 routes of that Envoy with wrk: ``/plain`` (no ext_proc), ``/two`` (request headers and
-body only) and ``/four`` (the four messages of the sidecar's routing path). For each it
+body only), ``/four`` (the four messages of the sidecar's routing path) and
+``/observe`` (the request's two on the blocking filter, the response's two on a second
+ext_proc filter in observability mode, which Envoy does not wait for). For each it
 prints requests per second, latency, and the CPU time per request of the server and of
 Envoy (which also serves the fixed answer), read from ``/proc`` around the measured
 run, as ``make bench`` does.
@@ -42,19 +44,30 @@ ENVOY_CONFIG: Final = Path(__file__).with_name("floor-envoy.yaml")
 FRONT: Final = "http://127.0.0.1:19200"
 ENVOY_ADMIN: Final = "http://127.0.0.1:19202"
 LISTEN: Final = "unix-abstract:ai-sidecar-floor"
-ROUTES: Final = (("plain", 0), ("two", 2), ("four", 4))
-"""The routes of ``bench/floor-envoy.yaml`` and the ext_proc messages of each request."""
+ROUTES: Final = (("plain", 0), ("two", 2), ("four", 4), ("observe", 4))
+"""The routes of ``bench/floor-envoy.yaml`` and the ext_proc messages of each request
+(``/observe``: two on the blocking filter, two not waited for)."""
 
 
 class EmptyReplies(ext_proc_grpc.ExternalProcessorServicer):
-    """Answers each ext_proc message with an empty reply of its kind: "go on"."""
+    """Answers each ext_proc message with an empty reply of its kind: "go on".
+
+    Messages of a filter in observability mode get no reply: Envoy does not wait for
+    one. That filter's stream is ended by the server after the last message of the
+    answer, as Envoy would otherwise keep it open (``deferred_close_timeout``).
+    """
 
     async def Process(  # noqa: N802 - the gRPC method name
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
         async for request in request_iterator:
+            kind = request.WhichOneof("request")
+            if request.observability_mode:
+                if getattr(request, kind).end_of_stream:
+                    return
+                continue
             reply = ext_proc.ProcessingResponse()
-            getattr(reply, request.WhichOneof("request")).SetInParent()
+            getattr(reply, kind).SetInParent()
             yield reply
 
 
@@ -69,6 +82,8 @@ async def serve() -> None:
 
 @dataclass(frozen=True)
 class Row:
+    """One route at one concurrency: wrk's figures and the CPU of the server and Envoy."""
+
     route: str
     messages: int
     concurrency: int
@@ -92,6 +107,7 @@ class Run:
 
 
 def measure(route: str, messages: int, concurrency: int, run: Run) -> Row:
+    """Warm ``route`` up, then drive it for the measured run and read the CPU around it."""
     load = Load(f"{FRONT}/{route}", run.body_file, "")
     if run.warmup_s > 0:
         run_wrk(load, concurrency, 1, run.warmup_s)
@@ -114,6 +130,7 @@ def measure(route: str, messages: int, concurrency: int, run: Run) -> Row:
 
 
 def report(rows: Sequence[Row]) -> str:
+    """The rows as a Markdown table, with latency added over ``/plain`` at each concurrency."""
     plain = {row.concurrency: row for row in rows if row.route == "plain"}
     lines = [
         "| route | ext_proc messages | concurrency | req/s | p50 ms | p99 ms | added p50 ms"
@@ -132,7 +149,14 @@ def report(rows: Sequence[Row]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__)
+    """The command line, checked."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.floor",
+        description=(
+            "What ext_proc costs in Python's gRPC with no routing work: a server that "
+            "answers every message with an empty reply, behind Envoy, against a plain route."
+        ),
+    )
     parser.add_argument("--serve", action="store_true", help="run the floor server only")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each")
@@ -145,6 +169,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run_all(options: argparse.Namespace) -> list[Row]:
+    """Start Envoy and the floor server, measure every route at every concurrency, stop."""
     options.log_dir.mkdir(parents=True, exist_ok=True)
     envoy = ManagedProcess(
         "floor envoy",
@@ -191,6 +216,7 @@ def run_all(options: argparse.Namespace) -> list[Row]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Serve (``--serve``) or measure; 1 if a run had errors, 2 if it could not run."""
     options = parse_args(argv)
     if options.serve:
         asyncio.run(serve())

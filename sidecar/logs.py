@@ -56,14 +56,10 @@ def timestamp(created: float | None = None) -> str:
     return f"{prefix}.{millis:03d}+00:00"
 
 
-def configure_logging(level: str) -> logging.Handler:
-    """Send every log record to standard error as JSON, at ``level`` and above.
-
-    Returns the one handler, for the decision log to keep its lines ahead of the others.
-    """
+def configure_logging(level: str) -> None:
+    """Send every log record to standard error as JSON, at ``level`` and above."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    return handler

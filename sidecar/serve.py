@@ -192,6 +192,12 @@ def _decision_log(level_name: str) -> DecisionLog | None:
         return None
     level = logging.getLevelName(level_name.upper())
     if not logging.getLogger(DECISIONS_LOGGER).isEnabledFor(level):
+        log.warning(
+            "no decision log: its level %s is below the log level; "
+            "start with --log-level %s to have it",
+            level_name,
+            level_name,
+        )
         return None
     return DecisionLog(level)
 

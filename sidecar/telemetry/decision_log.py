@@ -3,15 +3,16 @@
 Its lines have the shape of every other log line of the sidecar (``time``, ``level``,
 ``logger`` = ``sidecar.decisions``, ``message`` = ``request``, then the fields), but
 they skip the ``logging`` machinery and are not written one by one: the lines of about
-``flush_after_s`` go out in one write. Under load that is one system call for a batch
-of requests instead of one each, and no log record, handler lock or formatter call per
-request.
+``flush_after_s`` go out together, in writes of at most 4 KiB that end at a line's end
+(so that the lines of worker processes sharing a pipe never cut into each other). Under
+load that is one system call for a dozen requests instead of one each, and no log
+record, handler lock or formatter call per request.
 
-A line is never held for long, nor overtaken: the buffer is written after
-``flush_after_s`` (or sooner, once ``max_lines`` are waiting), before any other log
-line (the root handler flushes it first, see :meth:`DecisionLog.before_other_line`),
-and when the sidecar stops. A sidecar killed with SIGKILL loses at most the lines of
-the last ``flush_after_s``.
+A line is not held for long, nor overtaken: the buffer is written ``flush_after_s``
+after its first line (later if the event loop is busy), or sooner once ``max_lines``
+are waiting; before any other log record of the process goes through the root
+handler (see :meth:`DecisionLog.before_other_line`); and when the sidecar stops. A
+sidecar killed with SIGKILL loses at most the lines of the last ``flush_after_s``.
 """
 
 import asyncio
@@ -19,7 +20,7 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final, TextIO
 
 from sidecar.logs import timestamp
@@ -27,6 +28,28 @@ from sidecar.logs import timestamp
 LOGGER_NAME: Final = "sidecar.decisions"
 FLUSH_AFTER_S: Final = 0.1
 MAX_LINES: Final = 256
+ATOMIC_WRITE_BYTES: Final = 4096
+"""Linux writes at most this much to a pipe in one piece (PIPE_BUF): the worker
+processes of ``serve --workers`` share one standard error, and a longer write of one
+could be cut by another's."""
+
+
+def whole_line_chunks(lines: list[str], limit: int) -> Iterator[str]:
+    """``lines``, each ended by a newline, in pieces of at most ``limit`` characters.
+
+    A piece ends at a line's end; a line longer than ``limit`` is a piece of its own.
+    The lines are ASCII (``json.dumps`` escapes the rest), so characters are bytes.
+    """
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        if chunk and size + len(line) + 1 > limit:
+            yield "".join(chunk)
+            chunk, size = [], 0
+        chunk.append(line + "\n")
+        size += len(line) + 1
+    if chunk:
+        yield "".join(chunk)
 
 
 class DecisionLog:
@@ -75,16 +98,15 @@ class DecisionLog:
         """Write every waiting line now (at shutdown, before other lines, when full)."""
         with self._lock:
             lines, self._lines = self._lines, []
-            if lines:
-                self._write("\n".join(lines) + "\n")
-
-    def _write(self, text: str) -> None:
-        try:
-            stream = self._stream()
-            stream.write(text)
-            stream.flush()
-        except (OSError, ValueError):
-            pass  # standard error is gone (closed pipe): there is nowhere to say so
+            if not lines:
+                return
+            try:
+                stream = self._stream()
+                for chunk in whole_line_chunks(lines, ATOMIC_WRITE_BYTES):
+                    stream.write(chunk)
+                    stream.flush()
+            except (OSError, ValueError):
+                pass  # standard error is gone (closed pipe): there is nowhere to say so
 
     def before_other_line(self, record: logging.LogRecord) -> bool:
         """A ``logging`` filter for the root handler: decision lines go out first.

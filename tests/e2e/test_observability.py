@@ -192,7 +192,8 @@ async def _export_failed(harness: Harness) -> bool:
 
 async def test_envoys_access_log_and_the_decision_log_say_why(harness: Harness) -> None:
     request_id = f"access-log-{secrets.token_hex(4)}"
-    await chat(harness, "sk-demo-enterprise", **{"x-request-id": request_id})
+    header, trace_id, _ = traceparent()
+    await chat(harness, "sk-demo-enterprise", **{"x-request-id": request_id, "traceparent": header})
     log_dir = harness.stack.layout.log_dir
 
     def access_line() -> dict[str, Any] | None:
@@ -216,7 +217,7 @@ async def test_envoys_access_log_and_the_decision_log_say_why(harness: Harness) 
 
     def decision_line() -> dict[str, Any] | None:
         for line in (log_dir / "sidecar.log").read_text().splitlines():
-            if '"message": "request"' in line and '"tenant": "demo-enterprise"' in line:
+            if f'"trace_id": "{trace_id}"' in line and '"message": "request"' in line:
                 entry: dict[str, Any] = json.loads(line)
                 return entry
         return None
@@ -224,8 +225,16 @@ async def test_envoys_access_log_and_the_decision_log_say_why(harness: Harness) 
     await wait_until(lambda: decision_line() is not None)
     decision = decision_line()
     assert decision is not None
-    assert decision["cluster"] == "enterprise-dedicated"
-    assert len(decision["trace_id"]) == 32
+    assert (decision["logger"], decision["tenant"], decision["model"]) == (
+        "sidecar.decisions",
+        "demo-enterprise",
+        "chat",
+    )
+    assert (decision["cluster"], decision["rung"], decision["status"]) == (
+        "enterprise-dedicated",
+        "primary",
+        200,
+    )
 
 
 async def test_the_request_that_trips_a_breaker_carries_the_transition(
