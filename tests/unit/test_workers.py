@@ -6,6 +6,7 @@ others down and the supervisor reports it. A lone sidecar never shares its port.
 """
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -93,10 +94,16 @@ def alive(pid: int) -> bool:
 
 
 def admin_ports(grpc_port: int) -> int:
-    """A free port whose next one is free too (two workers' admin ports), neither gRPC's."""
-    for _ in range(100):
-        port = free_port()
-        if grpc_port not in (port, port + 1) and port_free(port + 1):
+    """A free port whose next one is free too (two workers' admin ports), neither gRPC's.
+
+    Drawn below Linux's ephemeral range (32768 and up): there, outgoing connections
+    take the even ports, so on a busy machine their TIME_WAIT leftovers can hold the
+    neighbour of every port the kernel hands out.
+    """
+    draw = random.Random()
+    for _ in range(200):
+        port = draw.randrange(20000, 32000)
+        if grpc_port not in (port, port + 1) and port_free(port) and port_free(port + 1):
             return port
     pytest.fail("no two free consecutive ports")
 
