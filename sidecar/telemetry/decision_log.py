@@ -29,9 +29,9 @@ LOGGER_NAME: Final = "sidecar.decisions"
 FLUSH_AFTER_S: Final = 0.1
 MAX_LINES: Final = 256
 ATOMIC_WRITE_BYTES: Final = 4096
-"""Linux writes at most this much to a pipe in one piece (PIPE_BUF): the worker
-processes of ``serve --workers`` share one standard error, and a longer write of one
-could be cut by another's."""
+"""Linux keeps a write of at most this many bytes to a pipe in one piece (PIPE_BUF).
+The worker processes of ``serve --workers`` share one standard error: a longer write of
+one could be cut by another's."""
 
 
 def whole_line_chunks(lines: list[str], limit: int) -> Iterator[str]:
