@@ -12,8 +12,21 @@ replica ``i`` are kept in ``test-artifacts/e2e/replica-<i>/``.
 from collections.abc import Mapping
 from pathlib import Path
 
+import aiohttp
+
 from sidecar_demo.stack import ReplicaStack, StackLayout
 from tests.conftest import DEMO_POLICY, ENVOY_CONFIG
+
+
+async def paid_chat(http: aiohttp.ClientSession, envoy_url: str) -> tuple[int, str, bytes]:
+    """The demo paid tenant asks one Envoy for ``chat``: status, content type and body."""
+    document = {"model": "chat", "messages": [{"role": "user", "content": "Hello"}]}
+    async with http.post(
+        f"{envoy_url}/v1/chat/completions",
+        json=document,
+        headers={"authorization": "Bearer sk-demo-paid"},
+    ) as response:
+        return response.status, response.content_type, await response.read()
 
 
 class ReplicaFactory:

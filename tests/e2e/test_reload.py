@@ -4,6 +4,7 @@ refused and routing goes on unchanged.
 """
 
 import asyncio
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from sidecar_demo.stack import DEMO_CREDENTIALS, ReplicaStack
 from tests.conftest import DEMO_POLICY
 from tests.e2e.conftest import Harness
-from tests.e2e.replicas import ReplicaFactory
+from tests.e2e.replicas import ReplicaFactory, paid_chat
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -25,13 +26,9 @@ CHEAP_CHAT_ROUTE = "cluster: openai-cheap\n        fallback: [ollama-local]\n"
 
 
 async def chat(http: aiohttp.ClientSession, replica: ReplicaStack) -> tuple[int, Any]:
-    document = {"model": "chat", "messages": [{"role": "user", "content": "Hello"}]}
-    async with http.post(
-        f"{replica.envoy_url}/v1/chat/completions",
-        json=document,
-        headers={"authorization": "Bearer sk-demo-paid"},
-    ) as response:
-        return response.status, await response.json()
+    status, content_type, body = await paid_chat(http, replica.envoy_url)
+    assert content_type == "application/json"
+    return status, json.loads(body)
 
 
 async def state(http: aiohttp.ClientSession, replica: ReplicaStack) -> Any:

@@ -5,6 +5,7 @@ request is counted by that replica's own sidecar, not by another replica's nor b
 demo stack's.
 """
 
+import json
 from typing import Any
 
 import aiohttp
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar_demo.stack import ReplicaStack
 from tests.conftest import DEMO_POLICY
 from tests.e2e.conftest import SIDECAR_ADMIN_URL
-from tests.e2e.replicas import ReplicaFactory
+from tests.e2e.replicas import ReplicaFactory, paid_chat
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -28,13 +29,10 @@ ROUTED_PAID_CHAT = {
 
 
 async def chat(http: aiohttp.ClientSession, envoy_url: str) -> tuple[int, dict[str, Any]]:
-    document = {"model": "chat", "messages": [{"role": "user", "content": "Hello"}]}
-    headers = {"authorization": "Bearer sk-demo-paid"}
-    async with http.post(
-        f"{envoy_url}/v1/chat/completions", json=document, headers=headers
-    ) as response:
-        answer: dict[str, Any] = await response.json()
-        return response.status, answer
+    status, content_type, body = await paid_chat(http, envoy_url)
+    assert content_type == "application/json"
+    answer: dict[str, Any] = json.loads(body)
+    return status, answer
 
 
 async def routed(http: aiohttp.ClientSession, sidecar_admin_url: str) -> float:

@@ -11,7 +11,7 @@ import yaml
 from sidecar_demo.stack import ReplicaStack
 from tests.conftest import DEMO_POLICY
 from tests.e2e.conftest import Harness
-from tests.e2e.replicas import ReplicaFactory
+from tests.e2e.replicas import ReplicaFactory, paid_chat
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -36,14 +36,8 @@ def fast_slo_policy(directory: Path) -> Path:
 
 
 async def chat(http: aiohttp.ClientSession, replica: ReplicaStack) -> int:
-    document = {"model": "chat", "messages": [{"role": "user", "content": "Hello"}]}
-    async with http.post(
-        f"{replica.envoy_url}/v1/chat/completions",
-        json=document,
-        headers={"authorization": "Bearer sk-demo-paid"},
-    ) as response:
-        await response.read()
-        return response.status
+    status, _, _ = await paid_chat(http, replica.envoy_url)
+    return status
 
 
 async def degraded_mode(http: aiohttp.ClientSession, replica: ReplicaStack) -> Any:
