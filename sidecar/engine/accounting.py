@@ -44,10 +44,10 @@ RATE_WINDOW_S = 60
 _T = TypeVar("_T")
 
 MAX_JOBS_SHOWN = 1000
+"""Jobs this process remembers for the state view (the most recent)."""
 
 MAX_CACHED_COUNTS = 10_000
 """Tenant and job combinations whose budget counts are kept (then the cache starts over)."""
-"""Jobs this process remembers for the state view (the most recent)."""
 
 
 @dataclass(frozen=True, slots=True)
